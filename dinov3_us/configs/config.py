@@ -1,0 +1,231 @@
+"""Validated run configuration: defaults <- --config-file <- `key=value` dotlist overrides.
+
+`ssl_default_config.yaml` beside this file is the single source of defaults and of the schema:
+every key a run may set is there, and a value's type is the type of its default. Keys whose default
+is `null` and keys with a closed set of values are declared in `NULLABLE_TYPES` and `CHOICES`.
+Unlike the official code (OmegaConf with `strict_cfg=False`), an unknown key or a wrongly typed
+value is a `ConfigError` naming the key and suggesting the closest valid one; all problems are
+reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dinov3_us.errors import ConfigError
+
+logger = logging.getLogger("dinov3_us")
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("ssl_default_config.yaml")
+
+# Keys whose default is null: the type a non-null value must have.
+NULLABLE_TYPES: dict[str, type] = {
+    "gram.ckpt": str,
+    "gram.max_updates": int,
+    "student.pos_embed_rope_min_period": float,
+    "student.pos_embed_rope_max_period": float,
+    "student.pos_embed_rope_shift_coords": float,
+    "student.pos_embed_rope_jitter_coords": float,
+    "student.pos_embed_rope_rescale_coords": float,
+    "crops.gram_teacher_crops_size": int,
+}
+
+# Keys with a closed set of valid values.
+CHOICES: dict[str, tuple] = {
+    "compute_precision.param_dtype": ("bf16", "fp16", "fp32"),
+    "compute_precision.reduce_dtype": ("bf16", "fp32"),
+    "gram.tokens_used": ("all", "masked", "unmasked"),
+    "train.centering": ("sinkhorn_knopp", "softmax"),
+    "student.arch": ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large"),
+    "student.ffn_layer": ("mlp", "swiglu", "swiglu32", "swiglu64", "swiglu128"),
+    "student.norm_layer": ("layernorm", "layernormbf16", "rmsnorm"),
+    "student.in_chans": (1, 3),
+    "student.pos_embed_type": ("rope",),
+    "student.pos_embed_rope_normalize_coords": ("min", "max", "separate"),
+    "student.pos_embed_rope_dtype": ("bf16", "fp16", "fp32"),
+    "optim.optimizer": ("adamw",),
+    "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_256", "none"),
+    "runtime.device": ("auto", "cpu", "cuda"),
+    "runtime.dist_backend": ("auto", "nccl", "gloo"),
+    "attention.backend": ("auto", "sdpa", "xformers", "naive"),
+}
+
+
+class Config(dict):
+    """A nested dict with attribute access (`cfg.student.arch`); `to_dict()` gives plain dicts."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}; keys: {sorted(self)}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    @classmethod
+    def wrap(cls, data: Mapping) -> Config:
+        """Recursively turn a mapping into a `Config`."""
+        return cls({k: cls.wrap(v) if isinstance(v, Mapping) else v for k, v in data.items()})
+
+    def to_dict(self) -> dict:
+        """Plain nested dicts, e.g. for YAML dumping."""
+        return {k: v.to_dict() if isinstance(v, Config) else v for k, v in self.items()}
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _suggest(key: str, valid: Iterable[str]) -> str:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not close:  # a typo in the section name: compare the leaf names
+        leaf = key.rsplit(".", 1)[-1]
+        close = [v for v in valid if v.rsplit(".", 1)[-1] == leaf][:1]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_ok(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _check_value(key: str, value: Any, default: Any) -> str | None:
+    """Return a problem description, or None when `value` is valid for `key`."""
+    if default is None:
+        expected = NULLABLE_TYPES.get(key)
+        if value is None or expected is None:
+            return None
+        if not _type_ok(value, expected):
+            return f"{key}: expected {expected.__name__} or null, got {value!r}"
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            return f"{key}: expected a list like {default!r}, got {value!r}"
+        if default and not all(_type_ok(v, type(default[0])) for v in value):
+            return f"{key}: expected a list of {type(default[0]).__name__}, got {value!r}"
+        if len(default) == 2 and len(value) != 2:  # (min, max) pairs
+            return f"{key}: expected 2 values [min, max], got {value!r}"
+    elif not _type_ok(value, type(default)):
+        return f"{key}: expected {type(default).__name__} (default {default!r}), got {value!r}"
+    choices = CHOICES.get(key)
+    if choices is not None and value not in choices:
+        return f"{key}: {value!r} is not one of {list(choices)}"
+    return None
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """PyYAML reads `5e-4` (no dot) as a string: accept it where a float is expected."""
+    expected = NULLABLE_TYPES.get(key) if default is None else type(default)
+    if expected is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(default, list) and default and isinstance(default[0], float) and isinstance(value, list):
+        return [_coerce(key + "[]", v, 0.0) for v in value]
+    return value
+
+
+def validate(flat: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `flat` with numeric strings coerced; raise one `ConfigError` listing every problem."""
+    problems, out = [], {}
+    for key, value in flat.items():
+        if key not in defaults:
+            problems.append(f"unknown key {key!r}{_suggest(key, defaults)}")
+            continue
+        out[key] = _coerce(key, value, defaults[key])
+        problem = _check_value(key, out[key], defaults[key])
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return out
+
+
+def parse_dotlist(overrides: Iterable[str]) -> dict[str, Any]:
+    """Parse `section.key=value` strings; values are YAML (`1e-3`, `[0.1, 0.5]`, `null`, `true`)."""
+    flat: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        try:
+            flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from None
+    return flat
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def load_config(config_file: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Build a run's config: defaults <- `config_file` <- `overrides` (`section.key=value`), validated."""
+    defaults = _flatten(_read_yaml(DEFAULT_CONFIG_PATH))
+    merged = dict(defaults)
+    layers = []
+    if config_file is not None:
+        layers.append(_flatten(_read_yaml(config_file)))
+    layers.append(parse_dotlist(overrides))
+    for layer in layers:
+        merged.update(validate(layer, defaults))
+    return Config.wrap(_unflatten(merged))
+
+
+def get_default_config() -> Config:
+    """The defaults of `ssl_default_config.yaml`."""
+    return load_config()
+
+
+def write_config(cfg: Config, output_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config to `output_dir/name` atomically (temp file, then rename)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / name
+    with tempfile.NamedTemporaryFile("w", dir=output_dir, suffix=".tmp", delete=False, encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    os.replace(f.name, path)
+    logger.info("wrote resolved config to %s", path)
+    return path

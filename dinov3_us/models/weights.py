@@ -1,0 +1,84 @@
+"""Load backbone weights strictly, with explicit and logged adaptations only.
+
+Official DINOv3 code loads eval weights with `strict=False` after `str.replace` on prefixes. Here
+every key must match: the only adaptations are named ones (a `backbone.` prefix from a training
+checkpoint, RGB -> grayscale patch embedding), each logged; any other mismatch raises
+`CheckpointError` listing the missing, unexpected and wrongly shaped keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from dinov3_us.errors import CheckpointError
+from dinov3_us.layers.patch_embed import rgb_to_gray_patch_weight
+
+logger = logging.getLogger("dinov3_us")
+
+PATCH_WEIGHT_KEY = "patch_embed.proj.weight"
+
+
+def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a `.pth`/`.pt` file (weights only), a `.safetensors` file, or an http(s) URL."""
+    source = str(source)
+    if source.startswith(("http://", "https://")):
+        return torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
+    if not os.path.isfile(source):
+        raise CheckpointError(f"weights file {source} does not exist")
+    if source.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError(f"{source}: reading .safetensors needs `pip install safetensors`") from None
+        return load_file(source)
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source} holds a {type(state).__name__}, expected a state dict")
+    return dict(state)
+
+
+def adapt_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Apply the named adaptations: strip a `backbone.` prefix, sum RGB patch filters for 1-channel models."""
+    state = dict(state)
+    if state and all(k.startswith("backbone.") for k in state):
+        logger.info("weights: stripping the 'backbone.' prefix of %d keys (training-checkpoint format)", len(state))
+        state = {k[len("backbone.") :]: v for k, v in state.items()}
+    target = model.state_dict().get(PATCH_WEIGHT_KEY)
+    weight = state.get(PATCH_WEIGHT_KEY)
+    if target is not None and weight is not None and target.shape[1] == 1 and weight.ndim == 4 and weight.shape[1] == 3:
+        logger.info("weights: summing the RGB filters of %s into one grayscale channel", PATCH_WEIGHT_KEY)
+        state[PATCH_WEIGHT_KEY] = rgb_to_gray_patch_weight(weight)
+    return state
+
+
+def check_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module, source: str = "weights") -> None:
+    """Raise `CheckpointError` unless `state` has exactly the model's keys with the model's shapes."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in {source}, {tuple(expected[k].shape)} in the model"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"{source} does not match the model ({type(model).__name__}):"]
+        lines += [f"  missing keys ({len(missing)}): {missing}"] if missing else []
+        lines += [f"  unexpected keys ({len(unexpected)}): {unexpected}"] if unexpected else []
+        lines += [f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes)] if shapes else []
+        raise CheckpointError("\n".join(lines))
+
+
+def load_backbone_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
+    """Load `source` (path, URL or state dict) into `model` with `strict=True` after the named adaptations."""
+    name = "state dict" if isinstance(source, Mapping) else str(source)
+    state = source if isinstance(source, Mapping) else read_state_dict(source)
+    state = adapt_state_dict(state, model)
+    check_state_dict(state, model, name)
+    model.load_state_dict(state, strict=True)
+    logger.info("loaded %d tensors from %s", len(state), name)

@@ -1,0 +1,37 @@
+"""dinov3_us: DINOv3 self-supervised pretraining and evaluation for fetal ultrasound."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+setup(
+    name="dinov3_us",
+    version="0.1.0",
+    description="DINOv3 pretraining and evaluation pipeline for fetal ultrasound",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dinov3_us", "dinov3_us.*"]),
+    package_data={"dinov3_us": ["configs/*.yaml"]},
+    # torch is deliberately unpinned here: `make install` pins torch==2.13.0 (CPU) only where no
+    # torch >= 2.6 is importable, so a cluster's own CUDA build is kept.
+    install_requires=[
+        "torch>=2.6",
+        "numpy>=1.24",
+        "pillow>=9.0",
+        "pyyaml>=6.0",
+        "webdataset>=0.2.86",
+        "submitit>=1.5",
+        "tensorboard>=2.14",
+        "scikit-learn>=1.3",
+        "fvcore>=0.1.5",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "ruff>=0.5"],
+        "xformers": ["xformers>=0.0.28"],
+    },
+)
