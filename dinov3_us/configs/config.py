@@ -36,6 +36,10 @@ NULLABLE_TYPES: dict[str, type] = {
     "student.pos_embed_rope_jitter_coords": float,
     "student.pos_embed_rope_rescale_coords": float,
     "crops.gram_teacher_crops_size": int,
+    "schedules.lr.cosine_epochs": int,
+    "schedules.weight_decay.cosine_epochs": int,
+    "schedules.momentum.cosine_epochs": int,
+    "schedules.teacher_temp.cosine_epochs": int,
 }
 
 # Keys with a closed set of valid values.
@@ -43,7 +47,7 @@ CHOICES: dict[str, tuple] = {
     "compute_precision.param_dtype": ("bf16", "fp16", "fp32"),
     "compute_precision.reduce_dtype": ("bf16", "fp32"),
     "gram.tokens_used": ("all", "masked", "unmasked"),
-    "train.centering": ("sinkhorn_knopp", "softmax"),
+    "train.centering": ("sinkhorn_knopp", "softmax", "none"),
     "student.arch": ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large"),
     "student.ffn_layer": ("mlp", "swiglu", "swiglu32", "swiglu64", "swiglu128"),
     "student.norm_layer": ("layernorm", "layernormbf16", "rmsnorm"),
