@@ -1,0 +1,71 @@
+"""What every source reader shares: the `SourcePlan` it returns and small argument / file helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinov3_us.data.curation.records import Record, natural_key
+from dinov3_us.errors import DataError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Default preprocessing of real scans (sources may override): see PrepOptions.
+REAL_SCAN_DEFAULTS = {"grayscale": True, "resize": 256, "crop_sector": True, "mask_text": True, "dedup": True}
+
+
+@dataclass
+class SourcePlan:
+    """What a reader found: the records (split assigned), the label order, and manifest notes."""
+
+    records: list[Record]
+    task: str | None
+    labels: list[str]
+    split_policy: str
+    extra: dict = field(default_factory=dict)
+
+
+def require_root(cfg) -> Path:
+    """`cfg.root` as an existing directory, or a `DataError` saying what was expected."""
+    if cfg.root is None:
+        raise DataError(f"--root is required for --source {cfg.source} (the folder of the public download)")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: --root is not a directory (expected the {cfg.source} download)")
+    return root
+
+
+def require_task(cfg, tasks: tuple[str, ...], default: str | None) -> str | None:
+    """`cfg.task` if the source supports it (or the source's default), else a `DataError`."""
+    task = cfg.task or default
+    if cfg.task is not None and cfg.task not in tasks:
+        supported = ", ".join(tasks) if tasks else "none"
+        raise DataError(f"--task {cfg.task!r} is not supported by --source {cfg.source} (supported: {supported})")
+    return task
+
+
+def reject(cfg, *names: str) -> None:
+    """Raise when an option that this source ignores was given (silently ignoring it would mislead)."""
+    for name in names:
+        if getattr(cfg, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise DataError(f"{flag} does not apply to --source {cfg.source}")
+
+
+def list_images(directory: Path, recursive: bool = False) -> list[Path]:
+    """Image files under `directory` (hidden files skipped), in natural order of their relative path."""
+    pattern = directory.rglob("*") if recursive else directory.iterdir()
+    found = [
+        p
+        for p in pattern
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not any(part.startswith(".") for part in p.parts[-2:])
+    ]
+    return sorted(found, key=lambda p: natural_key(p.relative_to(directory).as_posix()))
+
+
+def rel(path: Path, root: Path) -> str:
+    """`path` relative to `root` (POSIX), or as given when it is outside."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

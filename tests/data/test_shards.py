@@ -1,0 +1,108 @@
+"""Dataset specs -> shards (manifest folders, brace patterns, pipe: URLs) and reading samples from a tar."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from dinov3_us.data.shards import (
+    Shard,
+    count_samples,
+    expand_braces,
+    read_samples,
+    resolve_shards,
+    split_key,
+    write_shard,
+)
+from dinov3_us.errors import DataError
+
+
+def _write(path, n, start=0):
+    samples = [(f"s{start + i:03d}", {"png": b"p%d" % i, "json": b"{}", "mask.png": b"m"}) for i in range(n)]
+    return write_shard(path, samples)
+
+
+@pytest.fixture
+def curated(tmp_path):
+    """A curated folder: train (relative urls, 2 shards) and val (absolute url) + an outside shard."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    _write(root / "train-000000.tar", 3)
+    _write(root / "train-000001.tar", 2, start=3)
+    _write(root / "val-000000.tar", 4, start=5)
+    shards = {"train": [{"url": "train-000000.tar", "n": 3}, {"url": "train-000001.tar", "n": 2}],
+              "val": [{"url": str(root / "val-000000.tar"), "n": 4}]}
+    (root / "manifest.json").write_text(json.dumps({"source": "t", "shards": shards, "counts": {}}))
+    return root
+
+
+def test_folder_spec_with_and_without_splits(curated):
+    everything = resolve_shards(str(curated))
+    assert [(s.url, s.n) for s in everything] == [
+        (str(curated / "train-000000.tar"), 3), (str(curated / "train-000001.tar"), 2),
+        (str(curated / "val-000000.tar"), 4)]
+    assert resolve_shards(f"{curated}:val") == everything[2:]
+    assert resolve_shards(f"{curated}:val,train") == everything[2:] + everything[:2]
+    assert resolve_shards(curated) == everything  # a Path works too
+
+
+def test_missing_folder_manifest_and_split_are_named(curated, tmp_path):
+    with pytest.raises(DataError, match=r"no split 'test'; available: train, val"):
+        resolve_shards(f"{curated}:test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no manifest.json"):
+        resolve_shards(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"nowhere/x-000000.tar: no such shard file"):
+        resolve_shards(str(tmp_path / "nowhere/x-{000000..000001}.tar"))
+    (curated / "manifest.json").write_text(json.dumps({"shards": {"train": [{"url": "a.tar"}]}}))
+    with pytest.raises(DataError, match="expected {'url': ..., 'n': int >= 0}"):
+        resolve_shards(str(curated))
+
+
+def test_brace_expansion():
+    assert expand_braces("a/train-{000008..000011}.tar") == [f"a/train-{i:06d}.tar" for i in range(8, 12)]
+    assert expand_braces("{x,y}-{1..2}") == ["x-1", "x-2", "y-1", "y-2"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+    with pytest.raises(DataError, match="empty"):
+        expand_braces("a-{3..1}.tar")
+
+
+def test_brace_urls_take_counts_from_a_manifest_or_count(curated, tmp_path):
+    assert resolve_shards(str(curated / "train-{000000..000001}.tar")) == resolve_shards(f"{curated}:train")
+    bare = tmp_path / "bare"
+    shutil.copytree(curated, bare)
+    (bare / "manifest.json").unlink()
+    got = resolve_shards(str(bare / "{train,val}-000000.tar"))
+    assert [s.n for s in got] == [3, 4]
+    assert resolve_shards(f"pipe:cat {bare}/train-{{000000..000001}}.tar") == [
+        Shard(f"pipe:cat {bare}/train-000000.tar", 3), Shard(f"pipe:cat {bare}/train-000001.tar", 2)]
+    with pytest.raises(DataError, match="cannot read this shard"):
+        count_samples(f"pipe:cat {bare}/absent.tar 2>/dev/null")
+
+
+def test_lists_of_shards_and_specs(curated):
+    val = str(curated / "val-000000.tar")
+    assert resolve_shards([(val, 4)]) == [Shard(val, 4)]
+    assert resolve_shards([{"url": val, "n": 4}, f"{curated}:train"])[0] == Shard(val, 4)
+    assert len(resolve_shards([f"{curated}:train", f"{curated}:val"])) == 3
+
+
+def test_split_key_follows_webdataset():
+    assert split_key("hc18_001_HC.mask.png") == ("hc18_001_HC", "mask.png")
+    assert split_key("dir/sub/k1.json") == ("dir/sub/k1", "json")
+    assert split_key("noext") == ("noext", "")
+
+
+def test_read_samples_positions_and_truncation(curated):
+    path = str(curated / "val-000000.tar")
+    found, err = read_samples(path, [1, 3])
+    assert err is None and sorted(found) == [1, 3]
+    assert found[3] == ("s008", {"png": b"p3", "json": b"{}", "mask.png": b"m"})
+    data = (curated / "val-000000.tar").read_bytes()
+    (curated / "cut.tar").write_bytes(data[: len(data) // 2])
+    found, err = read_samples(str(curated / "cut.tar"), range(4))
+    assert 0 < len(found) < 4 and all(len(m) == 3 for _, m in found.values())
+    found, err = read_samples(str(curated / "absent.tar"), [0])
+    assert found == {} and "FileNotFoundError" in err
