@@ -25,3 +25,16 @@ def fixtures_dir() -> Path:
 def data_dir() -> Path:
     """`../shared/data`: real fetal ultrasound (HC18, FETAL_PLANES_DB)."""
     return _shared_subdir("data")
+
+
+@pytest.fixture(scope="session")
+def phantom_shards(tmp_path_factory) -> Path:
+    """A small synthetic 3-class fetal-head dataset written by `tools/build_dataset.py --source phantom`."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("phantom") / "shards"
+    cmd = [sys.executable, str(REPO_ROOT / "tools" / "build_dataset.py"), "--source", "phantom", "--out", str(out),
+           "--num-samples", "64", "--image-size", "48", "--no-progress"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out

@@ -12,8 +12,10 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from dinov3_us.errors import ConfigError
+from dinov3_us.fsdp import reshard_module
 from dinov3_us.layers.dino_head import DINOHead
 from dinov3_us.loss import DINOLoss, KoLeoLoss, KoLeoLossDistributed, iBOTPatchLoss
 from dinov3_us.models import build_model_from_cfg
@@ -22,6 +24,11 @@ from dinov3_us.train.monitor import collapse_metrics
 from dinov3_us.train.param_groups import fuse_params_groups, get_params_groups_with_decay
 
 logger = logging.getLogger("dinov3_us")
+
+
+def _local(param: Tensor) -> Tensor:
+    """The local shard of an FSDP2 (DTensor) parameter, or the parameter itself."""
+    return param.to_local() if isinstance(param, DTensor) else param
 
 
 def _check_cfg(cfg: Mapping) -> None:
@@ -197,6 +204,7 @@ class SSLMetaArch(nn.Module):
 
         teacher_global = self.get_teacher_output(global_crops, teacher_temp=teacher_temp,
                                                  mask_indices_list=mask_indices_list, n_masked_patches_tensor=n_masked)
+        reshard_module(self.teacher)  # free the teacher's gathered weights before the student's forward
         student_global, student_local = self.get_student_output(global_crops=global_crops, local_crops=local_crops,
                                                                 masks=masks, mask_indices_list=mask_indices_list)
         gram_global = None
@@ -216,9 +224,9 @@ class SSLMetaArch(nn.Module):
     @torch.no_grad()
     def update_ema(self, m: float) -> None:
         """teacher <- m * teacher + (1 - m) * student, parameter by parameter (foreach ops on local shards)."""
-        if self.ema_params_lists is None:
-            pairs = [(s, t) for k in self.student for s, t in zip(self.student[k].parameters(),
-                                                                  self.teacher[k].parameters())]
+        if self.ema_params_lists is None:  # local shards under FSDP2 (the same sharding for student and teacher)
+            pairs = [(_local(s), _local(t)) for k in self.student
+                     for s, t in zip(self.student[k].parameters(), self.teacher[k].parameters())]
             self.ema_params_lists = ([p[0] for p in pairs], [p[1] for p in pairs])
         student_params, teacher_params = self.ema_params_lists
         torch._foreach_mul_(teacher_params, m)

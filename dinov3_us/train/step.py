@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from dinov3_us.distributed import all_reduce_max
 from dinov3_us.train.param_groups import apply_optim_scheduler
 from dinov3_us.train.schedules import Schedules
 
@@ -14,14 +15,15 @@ def train_step(model, optimizer: torch.optim.Optimizer, batch: dict, schedules: 
                clip_grad: float = 0.0) -> dict[str, float]:
     """Run one step at `iteration`; returns float metrics (losses, schedule values, grad norm, collapse stats).
 
-    A non-finite loss skips the optimizer and EMA updates (the caller counts and decides when to stop).
+    A non-finite loss on any rank skips the optimizer and EMA updates on every rank (the caller counts
+    and decides when to stop).
     """
     values = schedules.at(iteration)
     apply_optim_scheduler(optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
     optimizer.zero_grad(set_to_none=True)
     loss, metrics = model.forward_backward(batch, teacher_temp=values["teacher_temp"], iteration=iteration)
     out = {k: float(v) for k, v in metrics.items()} | values | {"total_loss": float(loss)}
-    if not math.isfinite(out["total_loss"]):
+    if all_reduce_max(0.0 if math.isfinite(out["total_loss"]) else 1.0) > 0:
         out["skipped"] = 1.0
         return out
     params = [p for p in model.student.parameters() if p.grad is not None]

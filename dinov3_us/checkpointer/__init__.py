@@ -1,0 +1,20 @@
+"""Checkpoints of a training run: sharded DCP saves with atomic commit, keep policy and resume.
+
+`CheckpointManager` saves/loads `Stateful` objects: `ModelOptimizerState` (model + optimizer, plain or
+FSDP2), `TrainState` (loop position) and, per rank, `RNGState`.
+"""
+
+from dinov3_us.checkpointer.checkpointer import MARKER, CheckpointManager, invalid_reason
+from dinov3_us.checkpointer.rng import RNGState, capture_rng_state, restore_rng_state
+from dinov3_us.checkpointer.states import ModelOptimizerState, TrainState
+
+__all__ = [
+    "MARKER",
+    "CheckpointManager",
+    "ModelOptimizerState",
+    "RNGState",
+    "TrainState",
+    "capture_rng_state",
+    "invalid_reason",
+    "restore_rng_state",
+]

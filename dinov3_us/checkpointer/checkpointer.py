@@ -1,0 +1,349 @@
+"""Sharded checkpoints with torch.distributed.checkpoint (DCP): atomic saves, keep policy, safe resume.
+
+On-disk layout of `ckpt_dir`:
+
+    <iteration>/              one complete checkpoint (folder name = iteration, no padding)
+        .metadata             DCP metadata (written by rank 0)
+        __<r>_0.distcp        DCP data written by rank r (sharded tensors, deduplicated replicated ones)
+        rank<r>.pt            per-rank states of rank r (`rank_states`, e.g. RNG), `torch.save` of a dict
+        COMPLETE.json         marker written last: iteration, world size, time, every file and its size
+    .tmp-<iteration>/         a save in progress (or a crashed one): never loaded, removed by the next save
+    .trash-<iteration>-<ns>/  a checkpoint being deleted (renamed first so that it vanishes atomically)
+
+A save writes into `.tmp-<iteration>/`, waits for every rank, then rank 0 writes the marker and renames
+the folder to `<iteration>/`: a crash at any point leaves the previous checkpoints intact. A folder is
+*complete* when its marker exists and every file it lists has the listed size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+from dinov3_us.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("dinov3_us")
+
+MARKER = "COMPLETE.json"
+TMP_PREFIX, TRASH_PREFIX = ".tmp-", ".trash-"
+_MAX_LISTED = 20
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _listing(keys: set[str]) -> str:
+    shown = sorted(keys)[:_MAX_LISTED]
+    more = f" ... and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
+    return ", ".join(shown) + more
+
+
+def invalid_reason(path: Path) -> str | None:
+    """Why the checkpoint folder `path` is not complete, or None when it is."""
+    marker = path / MARKER
+    if not marker.is_file():
+        return f"no {MARKER} marker (the save did not finish)"
+    try:
+        info = json.loads(marker.read_text())
+        files = dict(info["files"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable {MARKER}: {e}"
+    if path.name.isdigit() and info.get("iteration") != int(path.name):
+        return f"{MARKER} names iteration {info.get('iteration')!r}, the folder {path.name}"
+    for name, size in sorted(files.items()):
+        try:
+            actual = (path / name).stat().st_size
+        except OSError:
+            return f"file {name} listed in {MARKER} is missing"
+        if actual != size:
+            return f"file {name} has {actual} bytes, {MARKER} says {size}"
+    return None
+
+
+class CheckpointManager:
+    """Saves and loads `dict[str, Stateful]` under `ckpt_dir`; see the module docstring for the layout.
+
+    Every rank of `process_group` (default: the default group, or a single process when torch.distributed
+    is not initialised) must call `save` and `load` together. `ckpt_dir` must be one shared folder.
+    `before_commit(tmp_path)`, when set, runs on every rank after its data are written and before the
+    commit (tests use it to crash in the middle of a save).
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike, *, period: int, max_to_keep: int, keep_every: int,
+                 process_group: dist.ProcessGroup | None = None):
+        for key, value, low in (("period", period, 1), ("max_to_keep", max_to_keep, 1), ("keep_every", keep_every, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"checkpointing.{key}: expected an integer >= {low}, got {value!r}")
+        self.ckpt_dir = Path(ckpt_dir)
+        self.period, self.max_to_keep, self.keep_every = period, max_to_keep, keep_every
+        self.process_group = process_group
+        self.before_commit: Callable[[Path], None] | None = None
+
+    # -- distributed helpers ------------------------------------------------------------------------
+    @property
+    def distributed(self) -> bool:
+        """Whether torch.distributed is initialised (else a single process)."""
+        return dist.is_available() and dist.is_initialized()
+
+    @property
+    def rank(self) -> int:
+        """Rank within the process group (0 for a single process)."""
+        return dist.get_rank(self.process_group) if self.distributed else 0
+
+    @property
+    def world_size(self) -> int:
+        """Size of the process group (1 for a single process)."""
+        return dist.get_world_size(self.process_group) if self.distributed else 1
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier(group=self.process_group)
+
+    def _gather(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.process_group)
+        return out
+
+    @contextlib.contextmanager
+    def _quiet(self):
+        """Silence DCP's warning that a single process is a single process."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            yield
+
+    # -- listing ------------------------------------------------------------------------------------
+    def should_save(self, iteration: int) -> bool:
+        """True every `period` iterations (never at iteration 0)."""
+        return iteration > 0 and iteration % self.period == 0
+
+    def _folders(self) -> list[tuple[int, Path]]:
+        if not self.ckpt_dir.is_dir():
+            return []
+        found = [(int(p.name), p) for p in self.ckpt_dir.iterdir() if p.name.isdigit() and p.is_dir()]
+        return sorted(found)
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Complete checkpoints, newest first; incomplete ones are skipped with a WARNING naming the reason."""
+        complete = []
+        for _, path in reversed(self._folders()):
+            reason = invalid_reason(path)
+            if reason is None:
+                complete.append(path)
+            else:
+                logger.warning("Skipping checkpoint %s: %s", path, reason)
+        return complete
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None (incomplete ones are skipped with a WARNING)."""
+        complete = self.complete_checkpoints()
+        return complete[0] if complete else None
+
+    # -- save -----------------------------------------------------------------------------------------
+    def save(self, iteration: int, states: dict[str, Any], *, rank_states: dict[str, Any] | None = None) -> Path:
+        """Save `states` (DCP, resharded on load) and `rank_states` (one file per rank) as `<iteration>/`.
+
+        Returns the path of the committed checkpoint. Then applies the keep policy (rank 0).
+        """
+        _check_names(states)
+        rank, final = self.rank, self.ckpt_dir / str(iteration)
+        tmp = self.ckpt_dir / f"{TMP_PREFIX}{iteration}"
+        start = time.monotonic()
+        if rank == 0:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
+            tmp.mkdir()
+        self._barrier()
+        local = {name: st.state_dict() for name, st in (rank_states or {}).items()}  # before any write
+        planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)  # global values: rank 0's copy
+        with self._quiet():
+            dcp.save({name: st.state_dict() for name, st in states.items()}, storage_writer=dcp.FileSystemWriter(tmp),
+                     planner=planner, process_group=self.process_group, no_dist=not self.distributed)
+        error = None
+        if rank_states is not None:
+            try:
+                with open(tmp / f"rank{rank}.pt", "wb") as f:
+                    torch.save(local, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                error = f"{type(e).__name__}: {e}"
+        if self.before_commit is not None:
+            self.before_commit(tmp)
+        errors = [(r, err) for r, err in enumerate(self._gather(error)) if err is not None]  # also a barrier
+        if errors:
+            raise CheckpointError(f"saving {tmp} failed on rank {errors[0][0]}: {errors[0][1]} (not committed)")
+        if rank == 0:
+            self._commit(tmp, final, iteration, sorted(states), sorted(rank_states or {}))
+        self._barrier()
+        if rank == 0:
+            self._apply_keep_policy()
+        logger.info("Saved checkpoint %s (%.1f s)", final, time.monotonic() - start)
+        return final
+
+    def _commit(self, tmp: Path, final: Path, iteration: int, names: list[str], rank_names: list[str]) -> None:
+        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        info = {"iteration": iteration, "world_size": self.world_size, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "states": names, "rank_states": rank_names, "torch": torch.__version__, "files": files}
+        _write_synced(tmp / MARKER, json.dumps(info, indent=1).encode())
+        _fsync_dir(tmp)
+        trash = None
+        if final.exists():
+            logger.warning("Overwriting checkpoint %s", final)
+            trash = self.ckpt_dir / f"{TRASH_PREFIX}{iteration}-{time.time_ns()}"
+            os.replace(final, trash)
+        os.replace(tmp, final)
+        _fsync_dir(self.ckpt_dir)
+        if trash is not None:
+            self._delete(trash)
+
+    def _delete(self, path: Path) -> None:
+        try:
+            if not path.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+                trash = self.ckpt_dir / f"{TRASH_PREFIX}{path.name}-{time.time_ns()}"
+                os.replace(path, trash)  # vanishes atomically, then is deleted
+                path = trash
+            shutil.rmtree(path)
+        except OSError as e:
+            logger.warning("Could not delete %s: %s", path, e)
+
+    def _remove_leftovers(self) -> None:
+        for path in sorted(self.ckpt_dir.iterdir()):
+            if path.is_dir() and path.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+                logger.warning("Removing half-written checkpoint %s", path)
+                self._delete(path)
+
+    def _apply_keep_policy(self) -> None:
+        folders = self._folders()
+        keep = {it for it, _ in folders[-self.max_to_keep :]}
+        keep |= {it for it, _ in folders if self.keep_every and it % self.keep_every == 0}
+        for it, path in folders:
+            if it not in keep:
+                logger.info("Deleting old checkpoint %s", path)
+                self._delete(path)
+
+    # -- load -----------------------------------------------------------------------------------------
+    def load(self, states: dict[str, Any], path: str | os.PathLike | None = None, *,
+             rank_states: dict[str, Any] | None = None) -> int | None:
+        """Load the newest complete checkpoint (or `path`) into `states` and `rank_states`.
+
+        Returns its iteration, or None when there is no checkpoint. When the newest fails to load (a
+        damaged file), warns and falls back to the previous one; with an explicit `path` it raises.
+
+        Raises:
+            CheckpointError: keys do not match `states` (missing/unexpected: a different model, never
+                a fallback), `path` is incomplete or unloadable, or every checkpoint failed to load.
+        """
+        _check_names(states)
+        if path is not None:
+            candidates = [Path(path)]
+            reason = invalid_reason(candidates[0])
+            if reason is not None:
+                raise CheckpointError(f"checkpoint {path}: {reason}")
+        else:
+            candidates = self.complete_checkpoints()
+        if not candidates:
+            logger.info("No checkpoint in %s: starting from scratch", self.ckpt_dir)
+            return None
+        failures = []
+        for ckpt in candidates:
+            error = None
+            try:
+                loaded = self._read(ckpt, states, rank_states)
+            except CheckpointError:
+                raise
+            except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP/unpickling/IO: a damaged file
+                error = f"{type(e).__name__}: {e}"
+            errors = [(r, err) for r, err in enumerate(self._gather(error)) if err is not None]
+            if not errors:
+                iteration, targets, local = loaded
+                for name, st in states.items():
+                    st.load_state_dict(targets[name])
+                for name, st in (rank_states or {}).items():
+                    if local is not None:
+                        st.load_state_dict(local[name])
+                logger.info("Resuming from %s at iteration %d", ckpt, iteration)
+                return iteration
+            message = f"checkpoint {ckpt} could not be loaded (rank {errors[0][0]}: {errors[0][1]})"
+            if path is not None:
+                raise CheckpointError(message)
+            failures.append(message)
+            logger.warning("%s; falling back to the previous checkpoint", message)
+        raise CheckpointError("no checkpoint could be loaded: " + "; ".join(failures))
+
+    def _read(self, ckpt: Path, states: dict[str, Any], rank_states: dict[str, Any] | None):
+        """Check keys, then read `ckpt` into load targets (tensors in place); returns (iteration, targets, local)."""
+        info = json.loads((ckpt / MARKER).read_text())
+        ckpt_keys = set(dcp.FileSystemReader(ckpt).read_metadata().state_dict_metadata)
+        targets = {}
+        for name, st in states.items():
+            own = {k[len(name) + 1 :] for k in ckpt_keys if k.startswith(name + ".")}
+            targets[name] = st.load_target(own) if hasattr(st, "load_target") else st.state_dict()
+        flat, mapping = flatten_state_dict(targets)
+        missing, unexpected = set(flat) - ckpt_keys, ckpt_keys - set(flat)
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {ckpt} does not match the states {sorted(states)}: "
+                                  f"missing keys [{_listing(missing)}]; unexpected keys [{_listing(unexpected)}]")
+        with self._quiet():
+            dcp.load(flat, storage_reader=dcp.FileSystemReader(ckpt), process_group=self.process_group,
+                     no_dist=not self.distributed)
+        for key, value in flat.items():  # DCP replaces non-tensor values in `flat`; tensors were filled in place
+            set_element(targets, mapping[key], value)
+        return int(info["iteration"]), targets, self._read_rank_states(ckpt, info, rank_states)
+
+    def _read_rank_states(self, ckpt: Path, info: dict, rank_states: dict[str, Any] | None) -> dict | None:
+        if not rank_states:
+            return None
+        saved_world, file = int(info["world_size"]), ckpt / f"rank{self.rank}.pt"
+        if self.rank == 0 and saved_world > self.world_size:
+            logger.warning("Checkpoint %s was written by %d processes, loading with %d: the per-rank states %s "
+                           "of ranks %d..%d are dropped", ckpt, saved_world, self.world_size, sorted(rank_states),
+                           self.world_size, saved_world - 1)
+        if not file.is_file():
+            logger.warning("Checkpoint %s has no per-rank state for rank %d (written by %d processes): %s left "
+                           "as they are", ckpt, self.rank, saved_world, sorted(rank_states))
+            return None
+        local = torch.load(file, map_location="cpu", weights_only=False)  # the run's own file
+        if set(local) != set(rank_states):
+            raise CheckpointError(f"{file}: per-rank states {sorted(local)} do not match {sorted(rank_states)}")
+        return local
+
+
+def _check_names(states: dict[str, Any]) -> None:
+    for name in states:
+        if not name or "." in name:
+            raise ValueError(f"state names must be non-empty and contain no '.', got {name!r}")

@@ -1,0 +1,127 @@
+"""Process-group setup from torchrun, SLURM (srun) or a plain single process; device and backend from config.
+
+One code path everywhere: a single process still gets a process group (world size 1), so FSDP2 and
+the losses' collectives run the same way on a laptop, in CI (gloo, CPU) and on a cluster (NCCL, CUDA).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from dinov3_us.errors import ConfigError
+
+logger = logging.getLogger("dinov3_us")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: rank, world size, local rank, device and backend."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        """True on global rank 0."""
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """`runtime.device`: auto (cuda if available) | cpu | cuda."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("runtime.device=cuda, but CUDA is not available here; use runtime.device=cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"runtime.device: {name!r} is not one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """`runtime.dist_backend`: auto (nccl on cuda, gloo on cpu) | nccl | gloo."""
+    if name == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if name == "nccl" and device.type != "cuda":
+        raise ConfigError("runtime.dist_backend=nccl needs runtime.device=cuda")
+    return name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host name of a SLURM node list (`n[1-3,5]` -> `n1`), via scontrol where available."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    m = re.match(r"([^,\[]+)(?:\[(\d+))?", nodelist)
+    if not m:
+        raise ConfigError(f"cannot parse SLURM_JOB_NODELIST={nodelist!r}")
+    return m.group(1) + (m.group(2) or "")
+
+
+def _env_from_slurm() -> None:
+    """Fill RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* from SLURM_* when launched by srun without torchrun."""
+    env = os.environ
+    env.setdefault("RANK", env["SLURM_PROCID"])
+    env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
+    env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
+    env.setdefault("MASTER_ADDR", first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
+    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def init_distributed(device_name: str = "auto", backend_name: str = "auto", timeout_min: int = 30) -> DistInfo:
+    """Initialise the default process group (idempotent) and return this process's `DistInfo`."""
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        _env_from_slurm()
+    if "RANK" not in env:  # a plain single process
+        env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    backend = resolve_backend(backend_name, device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_min),
+                                device_id=device if device.type == "cuda" else None)
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+    logger.info("process group: rank %d / %d, device %s, backend %s", info.rank, info.world_size, device, backend)
+    return info
+
+
+def destroy_distributed() -> None:
+    """Tear down the default process group if one exists."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_max(value: float) -> float:
+    """Maximum of a float over all ranks (the value itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())

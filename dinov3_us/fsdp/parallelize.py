@@ -1,0 +1,110 @@
+"""Activation checkpointing, then torch.compile, then FSDP2 `fully_shard` (per block, then root).
+
+The order is torchtitan's and DINOv3's: AC wraps each block, compile each (wrapped) block, and
+`fully_shard` each block before the root, always with a `MixedPrecisionPolicy` (bf16/fp16/fp32
+parameters, fp32 or bf16 gradient reduction) so that one code path serves any world size and device.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+logger = logging.getLogger("dinov3_us")
+# The backbone returns slices of its normed tokens (x_norm_clstoken, ...); nothing modifies them in place.
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Selective AC: keep matmul and attention outputs, recompute the cheap element-wise ops.
+_SAVE_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+             torch.ops.aten._scaled_dot_product_efficient_attention.default,
+             torch.ops.aten._scaled_dot_product_flash_attention.default,
+             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+
+def _selective_policy(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in _SAVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _apply_ac(blocks: nn.ModuleList, full: bool) -> None:
+    for i, block in enumerate(blocks):
+        if full:
+            blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
+        else:
+            blocks[i] = checkpoint_wrapper(
+                block, context_fn=lambda: create_selective_checkpoint_contexts(_selective_policy),
+                preserve_rng_state=True)
+
+
+def _apply_compile(blocks: nn.ModuleList) -> None:
+    for i, block in enumerate(blocks):
+        blocks[i] = torch.compile(block, dynamic=False)
+
+
+def mixed_precision_policy(compute_precision: Mapping, output_fp32: bool) -> MixedPrecisionPolicy:
+    """`compute_precision.param_dtype` / `reduce_dtype` as an FSDP2 policy.
+
+    Blocks pass their compute dtype on (`output_fp32=False`); roots (backbone, heads) return fp32 so that
+    the losses run in fp32.
+    """
+    return MixedPrecisionPolicy(param_dtype=DTYPES[compute_precision["param_dtype"]],
+                                reduce_dtype=DTYPES[compute_precision["reduce_dtype"]],
+                                output_dtype=torch.float32 if output_fp32 else None)
+
+
+def shard_backbone_and_heads(modules: nn.ModuleDict, mesh: DeviceMesh, compute_precision: Mapping, *,
+                             activation_checkpointing: str | None, compile_blocks: bool,
+                             reshard_after_forward: bool) -> None:
+    """AC -> compile -> fully_shard(each block) -> fully_shard(backbone) -> fully_shard(each head)."""
+    block_policy = mixed_precision_policy(compute_precision, output_fp32=False)
+    policy = mixed_precision_policy(compute_precision, output_fp32=True)
+    backbone = modules["backbone"]
+    if activation_checkpointing:
+        _apply_ac(backbone.blocks, full=activation_checkpointing == "full")
+    if compile_blocks:
+        _apply_compile(backbone.blocks)
+    for block in backbone.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(backbone, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    for name, module in modules.items():
+        if name != "backbone":
+            fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+
+
+def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, mesh: DeviceMesh | None = None):
+    """Shard `SSLMetaArch`'s student, teacher and Gram teacher over all ranks; returns the device mesh.
+
+    Inference-only models (teacher, Gram teacher) get neither AC nor backward; they are resharded
+    explicitly after their no-grad forward (`reshard_module`) so that the EMA runs on local shards.
+    """
+    if mesh is None:
+        mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    precision = cfg["compute_precision"]
+    train = cfg["train"]
+    ac = ("full" if train["checkpointing_full"] else "selective") if train["checkpointing"] else None
+    shard_backbone_and_heads(model.student, mesh, precision, activation_checkpointing=ac,
+                             compile_blocks=train["compile"],
+                             reshard_after_forward=train["fsdp_reshard_after_forward"])
+    for teacher in (model.teacher, model.gram_teacher):
+        if teacher is not None:
+            shard_backbone_and_heads(teacher, mesh, precision, activation_checkpointing=None,
+                                     compile_blocks=train["compile"], reshard_after_forward=True)
+    model.to(device)  # buffers outside FSDP (loss centers, RoPE periods) follow the parameters
+    logger.info("FSDP2: %d ranks, params %s, reduce %s, AC %s, compile %s", mesh.size(),
+                cfg["compute_precision"]["param_dtype"], cfg["compute_precision"]["reduce_dtype"], ac, train["compile"])
+    return mesh
+
+
+def reshard_module(module: nn.Module) -> None:
+    """Free the unsharded parameters of every FSDP2 module under `module` (after a no-grad forward)."""
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.reshard()

@@ -1,0 +1,66 @@
+"""Training telemetry on rank 0: `training_metrics.jsonl`, TensorBoard scalars and a progress line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+logger = logging.getLogger("dinov3_us")
+
+_CONSOLE_KEYS = ("total_loss", "dino_local_crops_loss", "dino_global_crops_loss", "ibot_loss", "koleo_loss",
+                 "gram_loss", "lr")
+
+
+def truncate_jsonl(path: Path, first_iteration: int) -> int:
+    """Drop lines logged at `iteration >= first_iteration` (they are redone after a resume); returns lines kept."""
+    if not path.exists():
+        return 0
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] < first_iteration]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+    return len(kept)
+
+
+class MetricLogger:
+    """Writes one JSON line and TensorBoard scalars per logged iteration, and a console line with rate and ETA."""
+
+    def __init__(self, output_dir: str | Path, total_iterations: int, start_iteration: int, enabled: bool = True,
+                 tensorboard: bool = True):
+        self.enabled = enabled
+        self.total, self.start = total_iterations, start_iteration
+        self.jsonl = Path(output_dir) / "training_metrics.jsonl"
+        self.writer = None
+        self.t0 = time.perf_counter()
+        if not enabled:
+            return
+        truncate_jsonl(self.jsonl, start_iteration)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(output_dir) / "tb"), purge_step=start_iteration)
+
+    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Record `metrics` of `iteration` (rank 0 only; other ranks are no-ops)."""
+        if not self.enabled:
+            return
+        done = iteration + 1 - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - iteration - 1)
+        record = {"iteration": iteration, **{k: float(v) for k, v in metrics.items()}, "eta_seconds": round(eta, 1)}
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, float(value), iteration)
+        parts = [f"{k} {metrics[k]:.4g}" for k in _CONSOLE_KEYS if k in metrics]
+        rate = metrics.get("images_per_second", 0.0)
+        logger.info("it %d/%d  %s  %.1f img/s  ETA %s", iteration + 1, self.total, "  ".join(parts), rate,
+                    time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.0f} h")
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,187 @@
+"""The pretraining loop: build -> shard -> resume -> step, log, checkpoint, export -> close.
+
+Order of construction (torchtitan's): process group and seeds, the model (identical init on every
+rank from `train.seed`), FSDP2 sharding, the optimizer (after sharding), schedules, the data loader,
+then the checkpoint manager with everything stateful. `run()` resumes from the latest complete
+checkpoint by itself and, on SIGUSR1/SIGUSR2/SIGTERM, checkpoints and returns `REQUEUE_EXIT_CODE`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dinov3_us.checkpointer import CheckpointManager, ModelOptimizerState, RNGState, TrainState
+from dinov3_us.checkpointer.export import full_state_dict, save_backbone
+from dinov3_us.configs import Config, write_config
+from dinov3_us.data.loader import make_data_loader
+from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
+from dinov3_us.distributed import DistInfo, all_reduce_max, init_distributed
+from dinov3_us.errors import ConfigError, DinoUSError
+from dinov3_us.fsdp import parallelize_meta_arch
+from dinov3_us.models import load_backbone_weights, vit_kwargs
+from dinov3_us.train.flops import peak_tflops, training_flops_per_image
+from dinov3_us.train.metrics import MetricLogger
+from dinov3_us.train.monitor import CollapseWatch
+from dinov3_us.train.schedules import build_schedulers
+from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
+from dinov3_us.train.ssl_meta_arch import SSLMetaArch
+from dinov3_us.train.step import train_step
+
+logger = logging.getLogger("dinov3_us")
+
+
+class NonFiniteLossError(DinoUSError, RuntimeError):
+    """Too many consecutive steps with a non-finite loss."""
+
+
+def split_dataset_path(spec: str) -> list[str]:
+    """`train.dataset_path`: one or several shard specs separated by ';'."""
+    parts = [p.strip() for p in spec.split(";") if p.strip()]
+    if not parts:
+        raise DinoUSError("train.dataset_path is empty: give a shards directory written by tools/build_dataset.py")
+    return parts
+
+
+class Trainer:
+    """Owns the model, optimizer, schedules, data loader, checkpoints and telemetry of one pretraining run."""
+
+    def __init__(self, cfg: Config, output_dir: str | Path, dist_info: DistInfo | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(output_dir)
+        self.dist = dist_info or init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
+        if self.dist.is_main:
+            write_config(cfg, self.out)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = SSLMetaArch(cfg)
+        self.model.init_weights()
+        if cfg.student.pretrained_weights:
+            self._load_pretrained(cfg.student.pretrained_weights)
+        self.flops_per_image = training_flops_per_image(self.model, cfg)
+        parallelize_meta_arch(self.model, cfg, self.dist.device)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.get_params_groups(),
+                                           betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2))
+        self.schedules = build_schedulers(cfg, self.dist.world_size)
+        self.total_iterations = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
+        self.loader = self._build_loader()
+        self.train_state = TrainState()
+        self.checkpointer = CheckpointManager(self.out / "ckpt", period=cfg.checkpointing.period,
+                                              max_to_keep=cfg.checkpointing.max_to_keep,
+                                              keep_every=cfg.checkpointing.keep_every)
+        self.watch = CollapseWatch()
+        self.peak, self.peak_source = peak_tflops(self.dist.device, cfg.runtime.peak_tflops)
+
+    def _load_pretrained(self, path: str) -> None:
+        """Initialise student and teacher backbones from official or converted weights (the study's scheme 2)."""
+        load_backbone_weights(self.model.student.backbone, path)
+        self.model.teacher.backbone.load_state_dict(self.model.student.backbone.state_dict())
+        logger.info("initialised student and teacher backbones from %s", path)
+
+    def _build_loader(self):
+        cfg = self.cfg
+        specs = split_dataset_path(cfg.train.dataset_path)
+        weights = cfg.data.pool_weights or None
+        return make_data_loader(specs if weights or len(specs) > 1 else specs[0], weights=weights,
+                                batch_size=cfg.train.batch_size_per_gpu, num_workers=cfg.train.num_workers,
+                                transform=build_ssl_transform(cfg), collate_fn=build_collate_fn(cfg),
+                                seed=cfg.train.seed, window_shards=cfg.data.window_shards, drop_last=True,
+                                strict=cfg.data.strict, rank=self.dist.rank, world_size=self.dist.world_size,
+                                pin_memory=self.dist.device.type == "cuda")
+
+    def _states(self) -> dict:
+        self.train_state.extra["data"] = self.loader.state_dict()
+        return {"model": ModelOptimizerState(self.model, self.optimizer), "train": self.train_state}
+
+    def save(self, iteration: int) -> Path:
+        """Checkpoint after `iteration` (the next run starts at iteration + 1)."""
+        self.train_state.iteration = iteration
+        return self.checkpointer.save(iteration, self._states(), rank_states={"rng": RNGState()})
+
+    def resume(self) -> int:
+        """Load the latest complete checkpoint if any; returns the first iteration to run."""
+        loaded = self.checkpointer.load(self._states(), rank_states={"rng": RNGState()})
+        if loaded is None:
+            return 0
+        data_state = self.train_state.extra["data"]
+        try:
+            self.loader.load_state_dict(data_state)
+        except ConfigError as err:  # another world size: the epoch's per-rank slices no longer exist
+            logger.warning("%s; continuing at the start of epoch %d instead", err, data_state["epoch"] + 1)
+            self.loader.set_epoch(data_state["epoch"] + 1)
+        return loaded + 1
+
+    def export_teacher(self, iteration: int) -> Path | None:
+        """Write the consolidated teacher backbone to `OUT/eval/training_<iteration>/` (collective)."""
+        state = full_state_dict(self.model.teacher.backbone)
+        if not self.dist.is_main:
+            return None
+        arch = vit_kwargs(self.cfg.student, self.cfg.crops.global_crops_size)
+        path = self.out / "eval" / f"training_{iteration}" / "teacher_checkpoint.pth"
+        return save_backbone(state, path, arch, iteration=iteration, source=str(self.out))
+
+    def run(self) -> int:
+        """Train until the end of the schedule; returns 0, or `REQUEUE_EXIT_CODE` after a preemption signal."""
+        cfg = self.cfg
+        start = self.resume()
+        flag = PreemptionFlag().install()
+        metric_logger = MetricLogger(self.out, self.total_iterations, start, enabled=self.dist.is_main)
+        eval_period, log_period = cfg.evaluation.eval_period_iterations, cfg.train.log_period
+        global_batch = cfg.train.batch_size_per_gpu * self.dist.world_size
+        bad_steps, last_saved, last_exported, exit_code = 0, start - 1, None, 0
+        watch_from = cfg.optim.warmup_epochs * cfg.train.OFFICIAL_EPOCH_LENGTH  # a fresh teacher looks collapsed
+        batches = self.loader.infinite()
+        t_last, it = time.perf_counter(), start - 1
+        try:
+            for it in range(start, self.total_iterations):
+                batch = next(batches)
+                metrics = train_step(self.model, self.optimizer, batch, self.schedules, it,
+                                     clip_grad=cfg.optim.clip_grad)
+                if metrics["skipped"]:
+                    bad_steps += 1
+                    logger.warning("iteration %d: non-finite loss (%s in a row), step skipped", it, bad_steps)
+                    if bad_steps > cfg.train.max_consecutive_nonfinite:
+                        raise NonFiniteLossError(f"{bad_steps} consecutive non-finite losses at iteration {it}; "
+                                                 f"last checkpoint: {self.checkpointer.latest()}")
+                else:
+                    bad_steps = 0
+                self.train_state.images_seen += global_batch
+                if (it + 1) % log_period == 0 or it == start:
+                    now = time.perf_counter()
+                    n_steps = log_period if it != start else 1
+                    metrics["images_per_second"] = global_batch * n_steps / max(now - t_last, 1e-9)
+                    achieved = metrics["images_per_second"] * self.flops_per_image / 1e12
+                    metrics["tflops"], metrics["mfu"] = achieved, achieved / (self.peak * self.dist.world_size)
+                    if self.dist.device.type == "cuda":
+                        metrics["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    metric_logger.log(it, metrics)
+                    for problem in self.watch.check(metrics) if it >= watch_from else []:
+                        logger.warning("iteration %d: collapse watch: %s", it, problem)
+                    t_last = now
+                if self.checkpointer.should_save(it + 1) or it + 1 == self.total_iterations:
+                    self.save(it)
+                    last_saved = it
+                if eval_period > 0 and (it + 1) % eval_period == 0:
+                    self.export_teacher(it)
+                    last_exported = it
+                if all_reduce_max(float(flag.requested)) > 0:
+                    if last_saved != it:
+                        self.save(it)
+                        last_saved = it
+                    exit_code = REQUEUE_EXIT_CODE
+                    break
+        finally:
+            flag.restore()
+            metric_logger.close()
+        final = self.total_iterations - 1
+        if exit_code == 0 and start <= final and last_exported != final:
+            self.export_teacher(final)
+        if dist.is_initialized():
+            dist.barrier()
+        logger.info("stopped after iteration %d (exit code %d)", it, exit_code)
+        return exit_code
+

@@ -1,0 +1,95 @@
+"""tools/train.py end to end in one process: outputs, export, resume, preemption, non-finite guard, bad config."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dinov3_us.models.vision_transformer import DinoVisionTransformer
+from dinov3_us.models.weights import load_backbone_weights
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = [sys.executable, str(REPO / "tools" / "train.py"), "--config-file", str(REPO / "configs/train/tiny_cpu.yaml")]
+SHORT = ["optim.epochs=2", "train.OFFICIAL_EPOCH_LENGTH=6", "checkpointing.period=4", "train.log_period=2"]
+
+
+def train(out: Path, data: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    cmd = TRAIN + ["--output-dir", str(out), f"train.dataset_path={data}:train", *SHORT, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_run_writes_every_output_and_resumes(tmp_path, phantom_shards):
+    out = tmp_path / "run"
+    proc = train(out, phantom_shards)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "tb" not in p.parts}
+    ckpt_files = {f"ckpt/{it}/{f}" for it in (7, 11) for f in (".metadata", "__0_0.distcp", "COMPLETE.json",
+                                                                   "rank0.pt")}
+    assert names == {"config.yaml", "log.txt", "training_metrics.jsonl", "eval/training_11/teacher_checkpoint.pth",
+                     "eval/training_11/teacher_checkpoint.json"} | ckpt_files | {
+                     f"ckpt/3/{f}" for f in (".metadata", "__0_0.distcp", "COMPLETE.json", "rank0.pt")}
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (out / "training_metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 3, 5, 7, 9, 11]
+    for key in ("total_loss", "ibot_loss", "koleo_loss", "lr", "weight_decay", "momentum", "teacher_temp",
+                "grad_norm", "images_per_second", "tflops", "mfu", "teacher_batch_entropy"):
+        assert key in records[-1], key
+    assert "it 12/12" in proc.stdout and "img/s" in proc.stdout and "ETA" in proc.stdout
+
+    meta = json.loads((out / "eval/training_11/teacher_checkpoint.json").read_text())
+    backbone = DinoVisionTransformer(**meta["arch"])
+    load_backbone_weights(backbone, out / "eval/training_11/teacher_checkpoint.pth")  # strict
+    assert backbone.in_chans == 1 and meta["iteration"] == 11
+
+    again = train(out, phantom_shards)  # nothing left to do: resume and stop
+    assert again.returncode == 0
+    assert f"Resuming from {out / 'ckpt' / '11'} at iteration 11" in again.stdout
+    assert "it 12/12" not in again.stdout
+
+
+def test_preemption_signal_checkpoints_and_exits_for_requeue(tmp_path, phantom_shards):
+    out = tmp_path / "run"
+    cmd = TRAIN + ["--output-dir", str(out), f"train.dataset_path={phantom_shards}:train", "optim.epochs=100",
+                   "train.OFFICIAL_EPOCH_LENGTH=10", "checkpointing.period=1000", "train.log_period=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "training_metrics.jsonl").exists() or len((out / "training_metrics.jsonl").read_text()) < 10:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stdout[-3000:]
+    saved = sorted(int(p.name) for p in (out / "ckpt").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and saved[0] < 1000  # the interrupted iteration, not a periodic one
+    assert "received SIGUSR1" in stdout
+
+
+def test_non_finite_losses_stop_with_a_clear_error(tmp_path, phantom_shards):
+    proc = train(tmp_path / "run", phantom_shards, "optim.lr=1e30", "optim.clip_grad=0.0", "optim.warmup_epochs=0",
+                 "train.max_consecutive_nonfinite=1")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "consecutive non-finite losses" in proc.stderr
+    assert "non-finite loss" in proc.stdout  # the skipped steps were logged
+
+
+def test_bad_config_and_missing_data_are_user_errors(tmp_path, phantom_shards):
+    typo = train(tmp_path / "a", phantom_shards, "optim.learning_rate=1")
+    assert typo.returncode == 2 and "did you mean" in typo.stderr and "Traceback" not in typo.stderr
+    missing = subprocess.run(TRAIN + ["--output-dir", str(tmp_path / "b"), f"train.dataset_path={tmp_path}/none"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "none" in missing.stderr
+
+
+def test_corrupted_latest_checkpoint_falls_back(tmp_path, phantom_shards):
+    out = tmp_path / "run"
+    assert train(out, phantom_shards, "optim.epochs=1").returncode == 0  # checkpoints 3 and 5
+    data = out / "ckpt" / "5" / "__0_0.distcp"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    proc = train(out, phantom_shards, "optim.epochs=1")
+    assert proc.returncode == 0
+    assert "Skipping checkpoint" in proc.stdout and f"Resuming from {out / 'ckpt' / '3'} at iteration 3" in proc.stdout
+    assert torch.load(out / "ckpt" / "5" / "rank0.pt", weights_only=False) is not None  # 5 was written again

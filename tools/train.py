@@ -1,0 +1,55 @@
+"""DINOv3 pretraining: `torchrun --nproc_per_node G tools/train.py --config-file CFG --output-dir OUT [key=value ...]`.
+
+Also runs under SLURM's `srun` (SLURM_* variables) and as a single plain process. Resumes from the
+latest complete checkpoint in `OUT/ckpt/` by itself. Exit codes: 0 done, 2 user error (bad config,
+data or weights), 75 preempted (checkpointed; requeue me).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dinov3_us.configs import load_config  # noqa: E402
+from dinov3_us.distributed import destroy_distributed, init_distributed  # noqa: E402
+from dinov3_us.errors import DinoUSError  # noqa: E402
+from dinov3_us.train.trainer import Trainer  # noqa: E402
+
+
+def setup_logging(output_dir: Path, rank: int) -> None:
+    """Console log on every rank (rank-prefixed), file log `OUT/log.txt` on rank 0."""
+    fmt = f"%(asctime)s [rank{rank}] %(levelname)s %(message)s"
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(output_dir / "log.txt"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=fmt, handlers=handlers, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, train, and return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=None, help="experiment YAML (e.g. configs/train/vitb16_fetalus.yaml)")
+    parser.add_argument("--output-dir", required=True, help="run folder: config, checkpoints, logs, exports")
+    parser.add_argument("overrides", nargs="*", help="config overrides section.key=value")
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+    out = Path(args.output_dir)
+    try:
+        cfg = load_config(args.config_file, args.overrides)
+        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
+        setup_logging(out, info.rank)
+        return Trainer(cfg, out, info).run()
+    except DinoUSError as err:
+        print(f"error (rank {os.environ.get('RANK', '0')}): {err}", file=sys.stderr)
+        return 2
+    finally:
+        destroy_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
