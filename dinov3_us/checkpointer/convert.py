@@ -1,0 +1,90 @@
+"""Un-shard a DCP training checkpoint into a consolidated backbone in the official DINOv3 key format.
+
+Streams tensor by tensor: each tensor is read from the checkpoint alone (DCP without a process group),
+so peak memory is about the backbone's size, not the checkpoint's (which also holds the student, the
+heads and the optimizer state). The keys are checked against a `DinoVisionTransformer` built from the
+run's `config.yaml`: any mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from dinov3_us.checkpointer.checkpointer import invalid_reason
+from dinov3_us.checkpointer.export import save_backbone
+from dinov3_us.configs import load_config
+from dinov3_us.errors import CheckpointError
+from dinov3_us.models import vit_kwargs
+from dinov3_us.models.vision_transformer import DinoVisionTransformer
+from dinov3_us.models.weights import check_state_dict
+
+logger = logging.getLogger("dinov3_us")
+
+MODEL_PREFIX = "model.model."  # <state name "model">.<ModelOptimizerState's "model">.<fqn>
+PARTS = {"teacher": "teacher.backbone.", "student": "student.backbone."}
+
+
+def _tensor_keys(ckpt: Path) -> dict[str, TensorStorageMetadata]:
+    metadata = FileSystemReader(str(ckpt)).read_metadata()
+    return {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+
+
+def iter_tensors(ckpt: str | os.PathLike, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key without `prefix`, tensor) for every checkpoint tensor under `prefix`, one read at a time."""
+    ckpt = Path(ckpt)
+    reason = invalid_reason(ckpt)
+    if reason:
+        raise CheckpointError(f"{ckpt} is not a complete checkpoint: {reason}")
+    reader = FileSystemReader(str(ckpt))
+    for key, meta in sorted(_tensor_keys(ckpt).items()):
+        if not key.startswith(prefix):
+            continue
+        tensor = torch.empty(meta.size, dtype=meta.properties.dtype)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load({key: tensor}, storage_reader=reader, no_dist=True)
+        yield key[len(prefix):], tensor
+
+
+def run_config_of(ckpt: Path):
+    """The resolved config of the run that wrote `ckpt` (`OUT/config.yaml` for `OUT/ckpt/<it>`)."""
+    path = ckpt.resolve().parent.parent / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: pass --config-file with the run's config")
+    return path
+
+
+def convert_checkpoint(ckpt: str | os.PathLike, output: str | os.PathLike, *, which: str = "teacher",
+                       config_file: str | os.PathLike | None = None, heads: bool = False) -> Path:
+    """Write the `which` (teacher|student) backbone of `ckpt` to `output` (.pth or .safetensors) + `<stem>.json`.
+
+    With `heads`, the DINO and iBOT heads are written beside it as `<stem>_heads.pth`.
+    """
+    ckpt = Path(ckpt)
+    if which not in PARTS:
+        raise CheckpointError(f"which={which!r}: expected one of {sorted(PARTS)}")
+    cfg = load_config(config_file or run_config_of(ckpt))
+    arch = vit_kwargs(cfg.student, cfg.crops.global_crops_size)
+    state = dict(iter_tensors(ckpt, MODEL_PREFIX + PARTS[which]))
+    if not state:
+        raise CheckpointError(f"{ckpt} holds no {which} backbone tensors (prefix {MODEL_PREFIX + PARTS[which]!r})")
+    with torch.device("meta"):
+        reference = DinoVisionTransformer(**arch)
+    check_state_dict(state, reference, f"{which} backbone of {ckpt}")
+    iteration = int(ckpt.name) if ckpt.name.isdigit() else None
+    out = save_backbone(state, output, arch, iteration=iteration, source=str(ckpt), which=which)
+    if heads:
+        head_prefix = MODEL_PREFIX + which + "."
+        head_state = {k: v for k, v in iter_tensors(ckpt, head_prefix) if k.startswith(("dino_head.", "ibot_head."))}
+        torch.save(head_state, Path(output).with_name(Path(output).stem + "_heads.pth"))
+    logger.info("converted %s (%s backbone, %d tensors) -> %s", ckpt, which, len(state), out)
+    return out

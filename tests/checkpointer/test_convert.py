@@ -1,0 +1,63 @@
+"""tools/convert_checkpoint.py: a DCP training checkpoint -> the official-format teacher backbone, strictly."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dinov3_us.checkpointer.convert import convert_checkpoint
+from dinov3_us.errors import CheckpointError
+from dinov3_us.models.vision_transformer import DinoVisionTransformer
+from dinov3_us.models.weights import load_backbone_weights
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, phantom_shards) -> Path:
+    out = tmp_path_factory.mktemp("convert") / "run"
+    cmd = [sys.executable, str(REPO / "tools/train.py"), "--config-file", str(REPO / "configs/train/tiny_cpu.yaml"),
+           "--output-dir", str(out), f"train.dataset_path={phantom_shards}:train", "optim.epochs=1",
+           "train.OFFICIAL_EPOCH_LENGTH=4", "checkpointing.period=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_cli_converts_the_teacher_exactly_as_exported(run_dir, tmp_path):
+    out = tmp_path / "teacher.pth"
+    proc = subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), str(run_dir / "ckpt" / "3"),
+                           "--output", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    converted = torch.load(out, weights_only=True)
+    exported = torch.load(run_dir / "eval" / "training_3" / "teacher_checkpoint.pth", weights_only=True)
+    assert converted.keys() == exported.keys()
+    assert all(torch.equal(converted[k], exported[k]) for k in exported)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["iteration"] == 3 and meta["which"] == "teacher"
+    model = DinoVisionTransformer(**meta["arch"])
+    load_backbone_weights(model, out)  # strict, no extra flags
+    assert not any(k.startswith(("teacher.", "backbone.", "model.")) for k in converted)  # official key format
+
+
+def test_student_safetensors_and_heads(run_dir, tmp_path):
+    out = convert_checkpoint(run_dir / "ckpt" / "3", tmp_path / "student.safetensors", which="student", heads=True)
+    student = load_file(out)
+    assert "blocks.0.attn.qkv.weight" in student
+    heads = torch.load(tmp_path / "student_heads.pth", weights_only=True)
+    assert {k.split(".")[0] for k in heads} == {"dino_head", "ibot_head"}
+
+
+def test_mismatching_config_and_incomplete_checkpoint_are_errors(run_dir, tmp_path):
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text((run_dir / "config.yaml").read_text().replace("n_storage_tokens: 2", "n_storage_tokens: 4"))
+    with pytest.raises(CheckpointError, match="storage_tokens"):
+        convert_checkpoint(run_dir / "ckpt" / "3", tmp_path / "t.pth", config_file=wrong)
+    broken = tmp_path / "ckpt" / "9"
+    broken.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        convert_checkpoint(broken, tmp_path / "t.pth", config_file=run_dir / "config.yaml")
