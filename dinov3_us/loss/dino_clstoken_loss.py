@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinov3_us.loss import _distributed as distributed
+from dinov3_us.loss.centering import EMACenterMixin
 from dinov3_us.loss.sinkhorn_knopp import sinkhorn_knopp
 
 
-class DINOLoss(nn.Module):
+class DINOLoss(EMACenterMixin, nn.Module):
     """Cross-entropy between every (student crop, teacher crop) pair of the same image.
 
     Args:
@@ -34,10 +34,7 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.process_group = process_group
         self.register_buffer("center", torch.full((1, out_dim), math.nan))
-        self.updated = True
-        self.reduce_handle = None
-        self.len_teacher_output = None
-        self.async_batch_center = None
+        self._init_center_state()
 
     def init_weights(self) -> None:
         """Zero the softmax-centering center."""
@@ -100,22 +97,4 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def reduce_center_update(self, teacher_output):
         """Sum teacher logits over the batch and launch the (async) all-reduce over the group."""
-        self.updated = False
-        self.len_teacher_output = len(teacher_output)
-        self.async_batch_center = torch.sum(teacher_output, dim=0, keepdim=True)  # [1, K]
-        if distributed.is_enabled():
-            self.reduce_handle = torch.distributed.all_reduce(
-                self.async_batch_center, async_op=True, group=self.process_group
-            )
-
-    @torch.no_grad()
-    def apply_center_update(self):
-        """Finish a pending update: center <- m * center + (1 - m) * mean teacher logit over all ranks."""
-        if self.updated is False:
-            world_size = distributed.get_world_size(self.process_group)
-            if self.reduce_handle is not None:
-                self.reduce_handle.wait()
-                self.reduce_handle = None
-            batch_center = self.async_batch_center / (self.len_teacher_output * world_size)
-            self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
-            self.updated = True
+        self._launch_center_reduce(torch.sum(teacher_output, dim=0, keepdim=True), len(teacher_output))  # [1, K]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinov3_us.loss import _distributed as distributed
+from dinov3_us.loss.centering import EMACenterMixin
 from dinov3_us.loss.sinkhorn_knopp import sinkhorn_knopp
 
 
@@ -43,7 +43,7 @@ class SinkhornKnoppTeacher(nn.Module):
         )
 
 
-class iBOTPatchLoss(nn.Module):  # lower-case "i": the official name
+class iBOTPatchLoss(EMACenterMixin, nn.Module):  # lower-case "i": the official name
     """Masked-patch cross-entropy, each image weighted equally whatever its number of masked patches.
 
     Args:
@@ -62,10 +62,7 @@ class iBOTPatchLoss(nn.Module):  # lower-case "i": the official name
         self.center_momentum = center_momentum
         self.process_group = process_group
         self.register_buffer("center", torch.full((1, 1, patch_out_dim), math.nan))
-        self.updated = True
-        self.reduce_handle = None
-        self.len_teacher_patch_tokens = None
-        self.async_batch_center = None
+        self._init_center_state()
         self.sinkhorn_knopp_teacher = SinkhornKnoppTeacher(process_group)
 
     def init_weights(self) -> None:
@@ -124,22 +121,5 @@ class iBOTPatchLoss(nn.Module):  # lower-case "i": the official name
     @torch.no_grad()
     def reduce_center_update(self, teacher_patch_tokens):
         """Sum the per-image mean patch logits and launch the (async) all-reduce over the group."""
-        self.updated = False
-        self.len_teacher_patch_tokens = len(teacher_patch_tokens)
-        self.async_batch_center = torch.sum(teacher_patch_tokens.mean(1), dim=0, keepdim=True)  # [1, K]
-        if distributed.is_enabled():
-            self.reduce_handle = torch.distributed.all_reduce(
-                self.async_batch_center, async_op=True, group=self.process_group
-            )
-
-    @torch.no_grad()
-    def apply_center_update(self):
-        """Finish a pending update: center <- m * center + (1 - m) * mean over images of all ranks."""
-        if self.updated is False:
-            world_size = distributed.get_world_size(self.process_group)
-            if self.reduce_handle is not None:
-                self.reduce_handle.wait()
-                self.reduce_handle = None
-            batch_center = self.async_batch_center / (self.len_teacher_patch_tokens * world_size)
-            self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
-            self.updated = True
+        batch_sum = torch.sum(teacher_patch_tokens.mean(1), dim=0, keepdim=True)  # [1, K]
+        self._launch_center_reduce(batch_sum, len(teacher_patch_tokens))
