@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinov3_us.data.curation.records import Record, natural_key
+from dinov3_us.data.curation.splits import assign_by_group
 from dinov3_us.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -69,3 +70,25 @@ def rel(path: Path, root: Path) -> str:
         return Path(path).relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+def split_csv_records(records: list[Record], files: dict[str, Path], named: set[str], skips, cfg, csv_path: Path,
+                      base: Path, labels) -> tuple[list[Record], float]:
+    """The shared tail of the CSV-driven sources (FPDB, FPLR).
+
+    Counts the images no CSV row names (`unlisted_file`), moves `val` (default 20%) of the train patients to
+    `val` stratified by majority label over all rows (so a partial download gets the same val patients), and
+    keeps the rows whose image is present (the others are counted as `missing_file`). Returns (present, val).
+    """
+    for stem, path in files.items():
+        if stem not in named:
+            skips.add("unlisted_file", str(path), f"no row of {csv_path.name} names it")
+    val = cfg.fraction("val", 0.2)
+    assign_by_group(records, {"val": val}, cfg.seed, label_order=labels)
+    present = []
+    for r in records:
+        if r.path is None:
+            skips.add("missing_file", str(base / r.meta["file"]), f"named in {csv_path.name}")
+        else:
+            present.append(r)
+    return present, val

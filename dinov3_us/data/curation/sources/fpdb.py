@@ -22,8 +22,8 @@ from dinov3_us.data.curation.sources.common import (
     rel,
     require_root,
     require_task,
+    split_csv_records,
 )
-from dinov3_us.data.curation.splits import assign_by_group
 
 NAME = "fpdb"
 TASKS = ("planes", "brain-planes")
@@ -97,18 +97,7 @@ def read(cfg, skips) -> SourcePlan:
                 },
             )
         )
-    for stem, path in files.items():
-        if stem not in named:
-            skips.add("unlisted_file", str(path), f"no row of {csv_path.name} names it")
-
-    val = cfg.fraction("val", 0.2)
-    assign_by_group(records, {"val": val}, cfg.seed, label_order=labels)
-    present = []
-    for r in records:
-        if r.path is None:
-            skips.add("missing_file", str(root / r.meta["file"]), f"named in {csv_path.name}")
-        else:
-            present.append(r)
+    present, val = split_csv_records(records, files, named, skips, cfg, csv_path, root, labels)
     policy = (
         f"official Train column -> train/test; {val:.0%} of train patients -> val, stratified by "
         f"patient majority label, seed {cfg.seed}; split drawn over all CSV rows of the task"

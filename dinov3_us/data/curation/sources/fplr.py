@@ -28,8 +28,8 @@ from dinov3_us.data.curation.sources.common import (
     rel,
     require_root,
     require_task,
+    split_csv_records,
 )
-from dinov3_us.data.curation.splits import assign_by_group
 from dinov3_us.errors import DataError
 
 NAME = "fplr"
@@ -109,18 +109,7 @@ def read(cfg, skips) -> SourcePlan:
                 },
             )
         )
-    for stem, path in files.items():
-        if stem not in named:
-            skips.add("unlisted_file", str(path), f"no row of {csv_path.name} names it")
-
-    val = cfg.fraction("val", 0.2)
-    assign_by_group(records, {"val": val}, cfg.seed, label_order=PLANES)
-    present = []
-    for r in records:
-        if r.path is None:
-            skips.add("missing_file", str(base / r.meta["file"]), f"named in {csv_path.name}")
-        else:
-            present.append(r)
+    present, val = split_csv_records(records, files, named, skips, cfg, csv_path, base, PLANES)
     policy = (
         f"official Train column (1 train, 0 test); {val:.0%} of train patients (<Center>-<Patient_num>) -> val, "
         f"stratified by patient majority plane, seed {cfg.seed}"
