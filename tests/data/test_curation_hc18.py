@@ -90,3 +90,15 @@ def test_missing_column_and_missing_mask(hc18_root, tmp_path):
     assert skips.counts == {"missing_mask": 1}
     with pytest.raises(DataError, match="expected training_set/"):
         build(tmp_path / "o", source="hc18", root=tmp_path / "hc18" / "training_set")
+
+
+def test_hc_terciles_task_labels_from_train_thresholds(hc18_root):
+    skips = SkipLog()
+    plan = hc18.read(BuildConfig(source="hc18", out="unused", root=hc18_root, task="hc-terciles"), skips)
+    assert plan.labels == ["hc_low", "hc_mid", "hc_high"] and "train-split terciles" in plan.split_policy
+    train = [r for r in plan.records if r.split == "train"]
+    counts = {lab: sum(r.label == lab for r in train) for lab in plan.labels}
+    assert max(counts.values()) - min(counts.values()) <= 2  # terciles of the train split itself
+    by_label = {lab: [r.meta["head_circumference_mm"] for r in plan.records if r.label == lab] for lab in plan.labels}
+    assert max(by_label["hc_low"]) < min(by_label["hc_mid"]) and max(by_label["hc_mid"]) < min(by_label["hc_high"])
+    assert all(r.label is None for r in plan.records if r.split == "unlabelled")

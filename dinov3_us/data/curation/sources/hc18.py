@@ -9,8 +9,11 @@ The subject is the numeric prefix (`017_HC`, `017_2HC` are one fetus). Labelled 
 by subject: `val_fraction` / `test_fraction` (default 15% / 15%) of the subjects, seed `--seed`,
 the rest `train`. Images without a CSV row and all `test_set/` images form the `unlabelled` split
 (test-set subjects are `test_set/NNN`: their numbers repeat the training ones but they are other
-fetuses). HC18 has no class label: `label` is null; the supervision is the mask and the json's
-`head_circumference_mm` / `pixel_spacing_mm`.
+fetuses). HC18 has no class label: with the default task `head-circumference`, `label` is null and
+the supervision is the mask and the json's `head_circumference_mm` / `pixel_spacing_mm`. The task
+`hc-terciles` adds a 3-class label for linear probing and kNN: `hc_low` / `hc_mid` / `hc_high`, the head
+circumference below / between / above the terciles of the *train* split (so no val/test information
+leaks into the thresholds, which are written to the manifest's split policy).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from dinov3_us.data.curation.splits import assign_by_group
 from dinov3_us.errors import DataError
 
 NAME = "hc18"
-TASKS = ("head-circumference",)
+TASKS = ("head-circumference", "hc-terciles")
+TERCILE_LABELS = ["hc_low", "hc_mid", "hc_high"]
 DEFAULT_TASK = "head-circumference"
 PREP_DEFAULTS = REAL_SCAN_DEFAULTS
 LABEL_CSV = "training_set_pixel_size_and_HC.csv"
@@ -111,7 +115,23 @@ def read(cfg, skips) -> SourcePlan:
         f"labelled images split by subject (numeric prefix): {val:.0%} val, {test:.0%} test, rest train, "
         f"seed {cfg.seed}; images without a CSV row and test_set/ -> unlabelled"
     )
+    if task == "hc-terciles":
+        low, high = _label_terciles(labelled)
+        policy += f"; labels: head circumference < {low:.1f} mm, < {high:.1f} mm, above (train-split terciles)"
+        return SourcePlan(labelled + unlabelled, task, list(TERCILE_LABELS), policy)
     return SourcePlan(labelled + unlabelled, task, [], policy)
+
+
+def _label_terciles(records: list[Record]) -> tuple[float, float]:
+    """Label every labelled record by the head-circumference terciles of the train split; returns them."""
+    train = sorted(r.meta["head_circumference_mm"] for r in records if r.split == "train")
+    if len(train) < 3:
+        raise DataError(f"hc-terciles needs at least 3 labelled train images, got {len(train)}")
+    low, high = train[len(train) // 3], train[2 * len(train) // 3]
+    for r in records:
+        hc = r.meta["head_circumference_mm"]
+        r.label = TERCILE_LABELS[0] if hc < low else TERCILE_LABELS[1] if hc < high else TERCILE_LABELS[2]
+    return low, high
 
 
 def _record(name, task, split, subject, path, root, meta, mask) -> Record:
