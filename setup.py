@@ -29,6 +29,8 @@ setup(
         "scikit-learn>=1.3",
         "fvcore>=0.1.5",
         "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "safetensors>=0.4",
     ],
     extras_require={
         "test": ["pytest>=7.4", "pytest-timeout>=2.1", "ruff>=0.5"],

@@ -85,7 +85,8 @@ class Config(dict):
         return {k: v.to_dict() if isinstance(v, Config) else v for k, v in self.items()}
 
 
-def _read_yaml(path: str | os.PathLike) -> dict:
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML file's top-level mapping ({} for an empty file); `ConfigError` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -111,7 +112,8 @@ def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _suggest(key: str, valid: Iterable[str]) -> str:
+def suggest_key(key: str, valid: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest valid key (by spelling, else by leaf name), or ''."""
     valid = list(valid)
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     if not close:  # a typo in the section name: compare the leaf names
@@ -120,7 +122,8 @@ def _suggest(key: str, valid: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _type_ok(value: Any, expected: type) -> bool:
+def type_ok(value: Any, expected: type) -> bool:
+    """isinstance with config semantics: ints are floats, bools are not ints."""
     if expected is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected is int:
@@ -134,16 +137,16 @@ def _check_value(key: str, value: Any, default: Any) -> str | None:
         expected = NULLABLE_TYPES.get(key)
         if value is None or expected is None:
             return None
-        if not _type_ok(value, expected):
+        if not type_ok(value, expected):
             return f"{key}: expected {expected.__name__} or null, got {value!r}"
     elif isinstance(default, list):
         if not isinstance(value, list):
             return f"{key}: expected a list like {default!r}, got {value!r}"
-        if default and not all(_type_ok(v, type(default[0])) for v in value):
+        if default and not all(type_ok(v, type(default[0])) for v in value):
             return f"{key}: expected a list of {type(default[0]).__name__}, got {value!r}"
         if len(default) == 2 and len(value) != 2:  # (min, max) pairs
             return f"{key}: expected 2 values [min, max], got {value!r}"
-    elif not _type_ok(value, type(default)):
+    elif not type_ok(value, type(default)):
         return f"{key}: expected {type(default).__name__} (default {default!r}), got {value!r}"
     choices = CHOICES.get(key)
     if choices is not None and value not in choices:
@@ -169,7 +172,7 @@ def validate(flat: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, 
     problems, out = [], {}
     for key, value in flat.items():
         if key not in defaults:
-            problems.append(f"unknown key {key!r}{_suggest(key, defaults)}")
+            problems.append(f"unknown key {key!r}{suggest_key(key, defaults)}")
             continue
         out[key] = _coerce(key, value, defaults[key])
         problem = _check_value(key, out[key], defaults[key])
@@ -207,11 +210,11 @@ def _unflatten(flat: Mapping[str, Any]) -> dict:
 
 def load_config(config_file: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
     """Build a run's config: defaults <- `config_file` <- `overrides` (`section.key=value`), validated."""
-    defaults = _flatten(_read_yaml(DEFAULT_CONFIG_PATH))
+    defaults = _flatten(read_yaml(DEFAULT_CONFIG_PATH))
     merged = dict(defaults)
     layers = []
     if config_file is not None:
-        layers.append(_flatten(_read_yaml(config_file)))
+        layers.append(_flatten(read_yaml(config_file)))
     layers.append(parse_dotlist(overrides))
     for layer in layers:
         merged.update(validate(layer, defaults))

@@ -1,0 +1,42 @@
+"""Compare evaluation runs: a markdown table (headline metrics with 95% CIs, per-class F1) and a bar chart.
+
+    python tools/compare_results.py runs/random/results.json runs/official/results.json runs/ours/results.json \
+        [--output-dir OUT]
+
+Prints the table and writes OUT/comparison.md and OUT/comparison.png (OUT defaults to the current
+folder). Arguments may also be run folders holding a results.json. Exit code 2 on an unreadable file.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dinov3_us.errors import DinoUSError  # noqa: E402
+from dinov3_us.eval.report import compare_markdown, load_results, plot_comparison  # noqa: E402
+
+
+def main(argv=None) -> int:
+    """Read the runs, print and write the comparison; 0, or 2 on a user error."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="results.json files (or run folders)")
+    p.add_argument("--output-dir", default=".", help="where comparison.md and comparison.png go (default: .)")
+    args = p.parse_args(argv)
+    try:
+        runs = [load_results(path) for path in args.results]
+    except DinoUSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = compare_markdown(runs)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.md").write_text(table, encoding="utf-8")
+    plot_comparison(runs, out / "comparison.png")
+    print(table, end="")
+    print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
