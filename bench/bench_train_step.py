@@ -33,44 +33,54 @@ from dinov3_us.train.schedules import build_schedulers  # noqa: E402
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
 from dinov3_us.train.step import train_step  # noqa: E402
 
+CPU = torch.device("cpu")
 RECIPES = {
     "tiny": (REPO / "configs/train/tiny_cpu.yaml", []),
     "vits16": (None, ["student.arch=vit_small", "student.in_chans=1", "student.n_storage_tokens=4",
                       "train.batch_size_per_gpu=4", "student.drop_path_rate=0.1"]),
+    "vitb16": (REPO / "configs/train/vitb16_fetalus.yaml", ["train.batch_size_per_gpu=32"]),
 }
 
 
-def synthetic_batch(cfg) -> dict:
+def synthetic_batch(cfg, device: torch.device = CPU) -> dict:
     """A collated batch of random crops with real iBOT masks (the data pipeline is benchmarked elsewhere)."""
     crops, b, c = cfg.crops, cfg.train.batch_size_per_gpu, cfg.student.in_chans
     side = crops.global_crops_size // cfg.student.patch_size
     gen = MaskingGenerator((side, side), max_num_patches=0.5 * side * side)
     masks = torch.stack([torch.from_numpy(gen(int(0.3 * side * side), generator=i)).flatten() for i in range(2 * b)])
     idx = masks.flatten().nonzero().flatten()
-    return {"collated_global_crops": torch.randn(2 * b, c, crops.global_crops_size, crops.global_crops_size),
+    return {"collated_global_crops": torch.randn(2 * b, c, crops.global_crops_size, crops.global_crops_size,
+                                                 device=device),
             "collated_local_crops": torch.randn(crops.local_crops_number * b, c, crops.local_crops_size,
-                                                crops.local_crops_size),
+                                                crops.local_crops_size, device=device),
             "collated_masks": masks, "mask_indices_list": idx,
             "masks_weight": (1 / masks.sum(-1).clamp(min=1)).unsqueeze(-1).expand_as(masks)[masks],
             "n_masked_patches": torch.tensor([idx.numel()]), "upperbound": idx.numel(), "global_batch_size": b}
 
 
-def run(name: str, dtype: str, steps: int, peaks: dict) -> dict:
+def run(name: str, dtype: str, steps: int, peaks: dict, device: torch.device = CPU,
+        extra: tuple[str, ...] = ()) -> dict:
     """Time `steps` training steps (after one warm-up step) of recipe `name` with `dtype` parameters."""
     path, overrides = RECIPES[name]
-    cfg = load_config(path, overrides + ["runtime.device=cpu", f"compute_precision.param_dtype={dtype}"])
+    cfg = load_config(path, overrides + [f"runtime.device={device.type}", f"compute_precision.param_dtype={dtype}",
+                                         *extra])
     torch.manual_seed(0)
     model = SSLMetaArch(cfg)
     model.init_weights()
     flops = training_flops_per_image(model, cfg)
-    parallelize_meta_arch(model, cfg, torch.device("cpu"))
+    parallelize_meta_arch(model, cfg, device)
     model.train()
     optimizer = torch.optim.AdamW(model.get_params_groups())
-    schedules, batch = build_schedulers(cfg), synthetic_batch(cfg)
+    schedules, batch = build_schedulers(cfg), synthetic_batch(cfg, device)
     train_step(model, optimizer, batch, schedules, 0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for it in range(1, steps + 1):
         train_step(model, optimizer, batch, schedules, it)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
     images = cfg.train.batch_size_per_gpu / seconds
     achieved = images * flops / 1e12
@@ -79,14 +89,15 @@ def run(name: str, dtype: str, steps: int, peaks: dict) -> dict:
             "prototypes": cfg.dino.head_n_prototypes, "seconds_per_step": round(seconds, 4),
             "images_per_second": round(images, 3), "gflops_per_image": round(flops / 1e9, 3),
             "achieved_tflops": round(achieved, 4), "peak_tflops_measured": round(peaks[dtype], 4),
-            "mfu": round(achieved / peaks[dtype], 4)}
+            "mfu": round(achieved / peaks[dtype], 4),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
 
 
 def main() -> int:
     """Run every (recipe, dtype) pair, print a table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--configs", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--configs", nargs="+", default=["tiny", "vits16"], choices=list(RECIPES))
     parser.add_argument("--output", default=str(REPO / "bench/results/train_step.json"))
     args = parser.parse_args()
     init_distributed("cpu", "gloo")
