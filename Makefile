@@ -7,7 +7,15 @@ PY := $(VENV)/bin/python
 # system CUDA build, visible through --system-site-packages, is kept as it is).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+# make demo: phantom shards -> tiny pretraining (2 CPU processes) -> convert -> linear probe + kNN, through the
+# same launcher as a cluster run (--cluster local). make demo-real: the same on HC18 from ../shared/data.
+DEMO_DIR ?= runs/demo
+DEMO_REAL_DIR ?= runs/demo-real
+HC18 ?= ../shared/data/hc18
+DEMO_LAUNCH = $(PY) launchers/submit_pretrain.py --cluster local --nodes 1 --gpus-per-node 2 \
+	--config-file configs/train/tiny_cpu.yaml
+
+.PHONY: install demo demo-real test lint clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -22,11 +30,22 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) tools/demo.py --output-dir runs/demo
+	$(PY) tools/build_dataset.py --source phantom --out $(DEMO_DIR)/data --no-progress
+	$(DEMO_LAUNCH) --output-dir $(DEMO_DIR)/pretrain train.dataset_path=$(DEMO_DIR)/data:train
 
+# HC18 has no class labels: `--task hc-terciles` labels the head circumference in terciles (small / medium /
+# large head, edges from the train split), which the linear probe and kNN must read off the frozen features.
+demo-real: install
+	@test -d $(HC18) || { echo "make demo-real needs HC18 in $(HC18) (Zenodo 1327317); try make demo"; exit 2; }
+	$(PY) tools/build_dataset.py --source hc18 --task hc-terciles --root $(HC18) --out $(DEMO_REAL_DIR)/data \
+		--workers 2 --no-progress
+	$(DEMO_LAUNCH) --output-dir $(DEMO_REAL_DIR)/pretrain train.dataset_path=$(DEMO_REAL_DIR)/data:train,unlabelled
+
+# The SLURM tests (tests/launchers, marked slurm) run on a local two-node cluster that this starts and,
+# through a trap, always stops (launchers/with_local_slurm.sh); without it they skip, saying why.
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	bash launchers/with_local_slurm.sh $(PY) -m pytest -q tests
 
 lint: install
 	$(PY) -m ruff check .

@@ -1,0 +1,59 @@
+"""Where a launch stands: refresh `OUT/jobs.json` from SLURM's accounting and print it; `--wait` follows it to the end.
+
+    python launchers/status.py runs/vitb16            # one look: the jobs table (and the report when done)
+    python launchers/status.py runs/vitb16 --wait     # follow until every job ended; exit 0 if all COMPLETED
+
+A job whose parent failed is reported as cancelled (and cancelled, should SLURM not have done it).
+Exit codes: 0 all completed (or still running without --wait), 1 a job failed or was cancelled,
+2 no jobs.json in that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launchers.jobs import (  # noqa: E402
+    JOBS_FILE,
+    JobsFile,
+    all_done,
+    print_report,
+    refresh,
+    report_failures,
+    summary_table,
+    watch,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print (or follow) the state of a launch; returns the exit code."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("output_dir", help="the --output-dir of submit_pretrain.py / submit_eval.py")
+    p.add_argument("--wait", action="store_true", help="follow until every job has ended")
+    p.add_argument("--poll", type=float, default=10.0, metavar="S", help="seconds between checks (default 10)")
+    args = p.parse_args(argv)
+    jobs_file = JobsFile(Path(args.output_dir) / JOBS_FILE)
+    if not jobs_file.exists():
+        print(f"error: no {JOBS_FILE} in {args.output_dir} (nothing was launched there)", file=sys.stderr)
+        return 2
+    if args.wait:
+        try:
+            return watch(jobs_file, args.poll)
+        except KeyboardInterrupt:
+            print("\nstopped watching; the jobs go on", file=sys.stderr)
+            return 130
+    data = refresh(jobs_file)
+    print(summary_table(data))
+    if not all_done(data):
+        return 0
+    if report_failures(data):
+        return 1
+    print_report(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
