@@ -42,6 +42,9 @@ NULLABLE_TYPES: dict[str, type] = {
     "schedules.teacher_temp.cosine_epochs": int,
 }
 
+# Keys whose default is an empty list: the type of their items.
+LIST_ITEM_TYPES: dict[str, type] = {"data.pool_weights": float}
+
 # Keys with a closed set of valid values.
 CHOICES: dict[str, tuple] = {
     "compute_precision.param_dtype": ("bf16", "fp16", "fp32"),
@@ -142,8 +145,9 @@ def _check_value(key: str, value: Any, default: Any) -> str | None:
     elif isinstance(default, list):
         if not isinstance(value, list):
             return f"{key}: expected a list like {default!r}, got {value!r}"
-        if default and not all(type_ok(v, type(default[0])) for v in value):
-            return f"{key}: expected a list of {type(default[0]).__name__}, got {value!r}"
+        item_type = type(default[0]) if default else LIST_ITEM_TYPES.get(key)
+        if item_type is not None and not all(type_ok(v, item_type) for v in value):
+            return f"{key}: expected a list of {item_type.__name__}, got {value!r}"
         if len(default) == 2 and len(value) != 2:  # (min, max) pairs
             return f"{key}: expected 2 values [min, max], got {value!r}"
     elif not type_ok(value, type(default)):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dinov3_us.configs import get_default_config, load_config, write_config
-from dinov3_us.configs.config import CHOICES, DEFAULT_CONFIG_PATH, NULLABLE_TYPES, _flatten
+from dinov3_us.configs.config import CHOICES, DEFAULT_CONFIG_PATH, LIST_ITEM_TYPES, NULLABLE_TYPES, _flatten
 from dinov3_us.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +67,7 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
         ("student.arch=vit_huge", "not one of"),
         ("student.in_chans=2", "not one of"),
         ("gram.max_updates=often", "expected int or null"),
+        ("data.pool_weights=[a,b]", "expected a list of float"),
     ],
 )
 def test_wrong_type_or_value_is_an_error(override, fragment):
@@ -97,6 +98,8 @@ def test_schema_tables_match_the_defaults():
     defaults = _flatten(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()))
     nulls = {k for k, v in defaults.items() if v is None}
     assert nulls == set(NULLABLE_TYPES), "every null default needs a declared type, and only those"
+    empty_lists = {k for k, v in defaults.items() if v == []}
+    assert empty_lists == set(LIST_ITEM_TYPES), "every empty-list default needs a declared item type"
     assert set(CHOICES) <= set(defaults)
     for key, choices in CHOICES.items():
         assert defaults[key] in choices, key
