@@ -18,7 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launchers.common import ClusterOptions, make_executor, make_importable, sbatch_script, slurm_parameters
+from launchers.common import (
+    ClusterOptions,
+    make_executor,
+    make_importable,
+    sbatch_script,
+    setup_logging,
+    slurm_parameters,
+)
 from launchers.jobs import JOBS_FILE, JobsFile, now, print_report, report_failures, scancel, summary_table, watch
 from launchers.plan import JobSpec
 from launchers.tasks import write_report
@@ -238,3 +245,19 @@ def execute(launch: Launch, dry: bool, wait: bool, poll_s: float) -> int:
     if launch.cluster == "slurm":
         return submit_slurm(launch, wait, poll_s)
     return run_local(launch)
+
+
+def plan_and_execute(plan, args) -> int:
+    """The launchers' `main`: check and plan (`plan(args)`), then dry-run / submit / run; the exit code.
+
+    A user error found while planning is printed and nothing is submitted (exit code 2).
+    """
+    from dinov3_us.errors import DinoUSError
+
+    setup_logging()
+    try:
+        launch = plan(args)
+    except DinoUSError as err:
+        print(f"error: {err}\nnothing was submitted", file=sys.stderr)
+        return 2
+    return execute(launch, args.dry_run, args.wait, args.poll)

@@ -28,9 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dinov3_us.errors import DinoUSError  # noqa: E402
-from launchers.common import ClusterOptions, Resources, add_cluster_args, resolve_cluster, setup_logging  # noqa: E402
-from launchers.launch import Launch, execute  # noqa: E402
+from launchers.common import ClusterOptions, Resources, add_cluster_args, resolve_cluster  # noqa: E402
+from launchers.launch import Launch, plan_and_execute  # noqa: E402
 from launchers.plan import (  # noqa: E402
     OVERRIDE_RE,
     abspath,
@@ -109,13 +108,7 @@ def plan(args: argparse.Namespace) -> Launch:
 def main(argv: list[str] | None = None) -> int:
     """Parse, check, then dry-run / submit / run; returns the exit code."""
     args = parse_args(argv)
-    setup_logging()
-    try:
-        launch = plan(args)
-    except DinoUSError as err:
-        print(f"error: {err}\nnothing was submitted", file=sys.stderr)
-        return 2
-    return execute(launch, args.dry_run, args.wait, args.poll)
+    return plan_and_execute(plan, args)
 
 
 if __name__ == "__main__":

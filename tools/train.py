@@ -8,7 +8,6 @@ data or weights), 75 preempted (checkpointed; requeue me).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,17 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dinov3_us.configs import load_config  # noqa: E402
 from dinov3_us.distributed import destroy_distributed, init_distributed  # noqa: E402
 from dinov3_us.errors import DinoUSError  # noqa: E402
+from dinov3_us.log import setup_logging  # noqa: E402
 from dinov3_us.train.trainer import Trainer  # noqa: E402
-
-
-def setup_logging(output_dir: Path, rank: int) -> None:
-    """Console log on every rank (rank-prefixed), file log `OUT/log.txt` on rank 0."""
-    fmt = f"%(asctime)s [rank{rank}] %(levelname)s %(message)s"
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(output_dir / "log.txt"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=fmt, handlers=handlers, force=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from dinov3_us.eval.config import EvalConfig, load_eval_config, write_eval_confi
 from dinov3_us.eval.data import EvalDataset, EvalTransform, assign_targets, require_labels, unique_names
 from dinov3_us.eval.features import FeatureSet, extract_features
 from dinov3_us.eval.report import write_report
+from dinov3_us.log import setup_logging
 
 logger = logging.getLogger("dinov3_us")
 
@@ -83,16 +84,6 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         args.test_datasets = [v for v in args.test_datasets if not OVERRIDE_RE.match(v)] or None
         args.overrides = [*moved, *args.overrides]
     return args
-
-
-def setup_logging(output_dir: Path, rank: int) -> None:
-    """Console log on every rank (rank-prefixed), `OUTDIR/log.txt` on rank 0."""
-    fmt = f"%(asctime)s [rank{rank}] %(levelname)s %(message)s"
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(output_dir / "log.txt"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=fmt, handlers=handlers, force=True)
 
 
 @dataclass
