@@ -1,0 +1,1 @@
+"""Data: curation into webdataset shards, resumable streaming, multi-crop augmentation, masking, collate."""
