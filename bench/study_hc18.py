@@ -8,7 +8,9 @@ Does the project's own chain, with its own commands:
 3. evaluate every export and a random initialisation of the same architecture: linear probe and kNN
    on the head-size terciles (train -> best head on val -> test) and the dense linear probe on the
    HC18 head masks (Dice);
-4. write `OUT/study_hc18.json` and `OUT/study_hc18.png` (metric vs pretraining iterations).
+4. compare each export with the random initialisation on the same test images (paired bootstrap,
+   patients resampled) and write `bench/results/study_hc18.json` and `.png` (metrics vs pretraining
+   iterations with 95% CIs, and the pretraining losses); `--results` moves both.
 
     python bench/study_hc18.py --iterations 1500 --eval-every 300 --output-dir runs/study_hc18
 
@@ -28,8 +30,20 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dinov3_us.eval.paired import paired_difference  # noqa: E402
+from dinov3_us.eval.predictions import load_predictions  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "data"
 PY = sys.executable
+# The pretraining recipe on top of configs/train/tiny_cpu.yaml (see the README's study section for why).
+RECIPE = ["optim.warmup_epochs=1", "teacher.warmup_teacher_temp_epochs=1", "dino.head_n_prototypes=1024",
+          "ibot.head_n_prototypes=1024", "optim.lr=0.002", "optim.scaling_rule=none",
+          "teacher.momentum_teacher=0.99", "teacher.final_momentum_teacher=1.0"]
+# (evaluation folder, metric, row key) of the paired comparisons with the random initialisation
+PAIRED = [("eval_linear", "weighted_f1", "linear_weighted_f1"), ("eval_knn", "weighted_f1", "knn_weighted_f1"),
+          ("eval_segmentation", "dice", "dice")]
 
 
 def run(cmd: list[str], log: Path) -> None:
@@ -63,15 +77,16 @@ def pretrain(args, out: Path, hc18: Path, fpdb: Path, log: Path) -> float:
          "crops.local_crops_size=32", "crops.local_crops_number=4", f"train.batch_size_per_gpu={args.batch_size}",
          f"train.OFFICIAL_EPOCH_LENGTH={args.eval_every}", f"optim.epochs={args.iterations // args.eval_every}",
          f"evaluation.eval_period_iterations={args.eval_every}", f"checkpointing.period={args.eval_every}",
-         "optim.warmup_epochs=1", "teacher.warmup_teacher_temp_epochs=1", "dino.head_n_prototypes=1024",
-         "ibot.head_n_prototypes=1024", "train.log_period=20", "optim.lr=0.002", "optim.scaling_rule=none",
-         "teacher.momentum_teacher=0.99", "teacher.final_momentum_teacher=1.0",
-         f"train.num_workers={args.workers}"], log)
+         "train.log_period=20", f"train.num_workers={args.workers}", *RECIPE, *args.set], log)
     return time.perf_counter() - start
 
 
 def evaluate(weights: str, name: str, args, out: Path, hc18: Path, log: Path) -> dict:
-    """Linear probe, kNN and dense probe of one initialisation; returns the headline metrics."""
+    """Linear probe, kNN and dense probe of one initialisation; returns the headline metrics.
+
+    Every non-random row also gets `<metric>_vs_random`: the paired difference to the random
+    initialisation on the same test images, patients resampled (`dinov3_us.eval.paired`).
+    """
     base = ["--pretrained-weights", weights, "--train-dataset", f"{hc18}:train", "--val-dataset", f"{hc18}:val",
             "--test-datasets", f"{hc18}:test", "--image-size", "64", "--no-progress"]
     if weights == "random":
@@ -83,36 +98,61 @@ def evaluate(weights: str, name: str, args, out: Path, hc18: Path, log: Path) ->
         if not (folder / "results.json").exists():
             run([PY, f"tools/{tool}.py", *base, "--output-dir", str(folder), *extra], log)
         results[tool] = json.loads((folder / "results.json").read_text())["metrics"]
-    return {"linear_weighted_f1": results["eval_linear"]["weighted_f1"],
+    row = {"linear_weighted_f1": results["eval_linear"]["weighted_f1"],
             "linear_balanced_accuracy": results["eval_linear"]["balanced_accuracy"],
             "linear_weighted_f1_ci": results["eval_linear"].get("weighted_f1_ci"),
             "knn_weighted_f1": results["eval_knn"]["weighted_f1"],
             "knn_balanced_accuracy": results["eval_knn"]["balanced_accuracy"],
-            "dice": results["eval_segmentation"]["dice"], "iou": results["eval_segmentation"]["iou"]}
+            "dice": results["eval_segmentation"]["dice"], "iou": results["eval_segmentation"]["iou"],
+            "dice_ci": results["eval_segmentation"].get("dice_ci")}
+    if weights != "random":
+        for tool, metric, key in PAIRED:
+            diff = paired_difference(load_predictions(out / "eval" / "random" / tool),
+                                     load_predictions(out / "eval" / name / tool), metric=metric, seed=0)
+            row[f"{key}_vs_random"] = {k: diff[k] for k in ("difference", "ci", "p_not_better", "n_groups")}
+    return row
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Each metric against pretraining iterations; random init drawn as a dashed line."""
+def plot(rows: list[dict], metrics_file: Path, path: Path) -> None:
+    """Each metric against pretraining iterations (95% CI as bars, random init dashed), and the losses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("linear_weighted_f1", "linear probe, weighted F1"), ("knn_weighted_f1", "kNN, weighted F1"),
-            ("dice", "dense probe, Dice")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    keys = [("linear_weighted_f1", "linear_weighted_f1_ci", "linear probe, weighted F1"),
+            ("knn_weighted_f1", None, "kNN, weighted F1"), ("dice", "dice_ci", "dense probe, Dice")]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     trained = [r for r in rows if r["init"] == "pretrained"]
     random_row = next(r for r in rows if r["init"] == "random")
-    for ax, (key, title) in zip(axes, keys):
-        ax.plot([r["iteration"] for r in trained], [r[key] for r in trained], "o-", label="ours (HC18+FPDB)")
+    for ax, (key, ci_key, title) in zip(axes, keys):
+        its, values = [r["iteration"] for r in trained], [r[key] for r in trained]
+        errors = None
+        if ci_key and all(r.get(ci_key) for r in trained):
+            errors = [[v - r[ci_key][0] for v, r in zip(values, trained)],
+                      [r[ci_key][1] - v for v, r in zip(values, trained)]]
+        ax.errorbar(its, values, yerr=errors, fmt="o-", capsize=3, label="ours (HC18+FPDB)")
         ax.axhline(random_row[key], color="gray", ls="--", label="random init")
+        if ci_key and random_row.get(ci_key):
+            ax.axhspan(*random_row[ci_key], color="gray", alpha=0.12)
         ax.set_title(title)
         ax.set_xlabel("pretraining iterations")
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best")
-    fig.suptitle("HC18 head-size terciles and head masks: frozen features vs pretraining")
+    log = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    ax = axes[3]
+    for key, label in (("dino_global_crops_loss", "DINO (global)"), ("ibot_loss", "iBOT"),
+                       ("koleo_loss", "KoLeo"), ("teacher_entropy", "teacher entropy / ln K")):
+        ax.plot([r["iteration"] for r in log], [r[key] for r in log], label=label)
+    ax.set_title("pretraining losses")
+    ax.set_xlabel("iteration")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.suptitle("HC18 head-size terciles and head masks: frozen features vs pretraining (test set, 95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -123,6 +163,8 @@ def main() -> int:
     parser.add_argument("--arch", default="vit_tiny")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra pretraining config override (repeatable), applied after the study's recipe")
     parser.add_argument("--output-dir", default=str(REPO / "runs" / "study_hc18"))
     parser.add_argument("--results", default=str(REPO / "bench" / "results" / "study_hc18.json"))
     args = parser.parse_args()
@@ -135,22 +177,26 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "study.log"
     hc18, fpdb = curate(out, log)
-    seconds = pretrain(args, out, hc18, fpdb, log)
+    spent = out / "pretrain_wall_seconds.txt"  # summed over resumed invocations
+    seconds = pretrain(args, out, hc18, fpdb, log) + (float(spent.read_text()) if spent.exists() else 0.0)
+    spent.write_text(f"{seconds:.1f}\n")
     rows = [{"init": "random", "iteration": 0, **evaluate("random", "random", args, out, hc18, log)}]
     for it in range(args.eval_every - 1, args.iterations, args.eval_every):
         weights = out / "pretrain" / "eval" / f"training_{it}" / "teacher_checkpoint.pth"
         rows.append({"init": "pretrained", "iteration": it + 1,
                      **evaluate(str(weights), f"it{it + 1}", args, out, hc18, log)})
-    plot(rows, out / "study_hc18.png")
+    figure = Path(args.results).with_suffix(".png")
+    plot(rows, out / "pretrain" / "training_metrics.jsonl", figure)
     result = {"benchmark": "study_hc18", "command": "python bench/study_hc18.py " + " ".join(sys.argv[1:]),
               "arch": args.arch, "iterations": args.iterations, "batch_size": args.batch_size,
+              "recipe": RECIPE + args.set,
               "pretrain_wall_seconds": round(seconds, 1), "cores": os.cpu_count(), "machine": platform.machine(),
               "data": "HC18 (CC BY 4.0) hc-terciles + head masks; pretraining pool HC18 train+unlabelled and 57 "
                       "FETAL_PLANES_DB images (CC BY 4.0)",
               "rows": rows}
     Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(rows, indent=1))
-    print(f"wrote {args.results} and {out / 'study_hc18.png'}")
+    print(f"wrote {args.results} and {figure}")
     return 0
 
 

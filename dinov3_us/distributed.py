@@ -2,6 +2,7 @@
 
 One code path everywhere: a single process still gets a process group (world size 1), so FSDP2 and
 the losses' collectives run the same way on a laptop, in CI (gloo, CPU) and on a cluster (NCCL, CUDA).
+The collectives at the end (`all_reduce_`, `all_gather_cat`, ...) are the project's only ones.
 """
 
 from __future__ import annotations
@@ -118,10 +119,73 @@ def destroy_distributed() -> None:
 
 def all_reduce_max(value: float) -> float:
     """Maximum of a float over all ranks (the value itself without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_enabled():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    return float(all_reduce_(t, "max").item())
+
+
+# ------------------------------------------------------------------ collectives (no-ops without a group)
+# Used by the losses: every helper is the single-process answer when torch.distributed is unavailable
+# or not initialised, so they run unchanged in a plain Python process, on CPU or GPU.
+
+ProcessGroup = dist.ProcessGroup if dist.is_available() else object
+
+
+def is_enabled() -> bool:
+    """True when collectives must be used: `torch.distributed` is available and initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size(group: ProcessGroup | None = None) -> int:
+    """Number of processes in `group` (the default group when None); 1 outside distributed runs."""
+    return dist.get_world_size(group=group) if is_enabled() else 1
+
+
+def get_rank(group: ProcessGroup | None = None) -> int:
+    """Rank of this process within `group`; 0 outside distributed runs."""
+    return dist.get_rank(group=group) if is_enabled() else 0
+
+
+def all_reduce_(tensor: torch.Tensor, op: str = "sum", group: ProcessGroup | None = None) -> torch.Tensor:
+    """Reduce `tensor` in place over `group` (`op` is "sum" or "max") when distributed; return it."""
+    if op not in ("sum", "max"):
+        raise ValueError(f"op must be 'sum' or 'max', got {op!r}")
+    if is_enabled():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=group)
+    return tensor
+
+
+class _AllGatherCat(torch.autograd.Function):
+    """Concatenate equal-sized tensors from all ranks along dim 0, with gradients to every rank.
+
+    Backward sums the incoming gradients over ranks (every rank's loss may depend on every rank's
+    features) and returns this rank's slice. Uses only `all_gather` and `all_reduce`, which every
+    backend (gloo, NCCL) supports.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        ctx.rank = dist.get_rank(group=group)
+        ctx.local_n = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group=group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim=0)  # [world_size * local_n, ...]
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad = grad_output.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = ctx.rank * ctx.local_n
+        return grad[start : start + ctx.local_n], None
+
+
+def all_gather_cat(x: torch.Tensor, group: ProcessGroup | None = None) -> torch.Tensor:
+    """Differentiable all-gather of `x` [n, ...] into [world_size * n, ...]; `x` itself when not distributed.
+
+    Every rank must pass the same shape.
+    """
+    if not is_enabled():
+        return x
+    return _AllGatherCat.apply(x, group)

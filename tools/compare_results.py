@@ -4,7 +4,10 @@
         [--output-dir OUT]
 
 Prints the table and writes OUT/comparison.md and OUT/comparison.png (OUT defaults to the current
-folder). Arguments may also be run folders holding a results.json. Exit code 2 on an unreadable file.
+folder). Where every run folder holds a predictions.csv, a second table compares each run with the
+first on the same test samples (paired bootstrap over patients: the difference, its 95% CI and the
+share of replicates where the run does not beat the first). Arguments may also be run folders
+holding a results.json. Exit code 2 on an unreadable file.
 """
 
 import argparse
@@ -14,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.errors import DinoUSError  # noqa: E402
+from dinov3_us.eval.paired import paired_markdown  # noqa: E402
 from dinov3_us.eval.report import compare_markdown, load_results, plot_comparison  # noqa: E402
 
 
@@ -29,6 +33,11 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     table = compare_markdown(runs)
+    if all((Path(r["_path"]).parent / "predictions.csv").is_file() for r in runs):
+        try:
+            table += "\n" + paired_markdown(runs)
+        except DinoUSError as err:
+            print(f"no paired comparison: {err}", file=sys.stderr)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(table, encoding="utf-8")

@@ -15,6 +15,9 @@ results.json (one evaluation run):
     val_metrics     metrics of the selected model on val
     best_head (linear), best_k / per_k (knn), best_epoch (finetune), best_lr (segmentation)
     label_efficiency (linear, optional), timing, config (the resolved EvalConfig)
+
+The task's per-sample rows (`results["predictions"]`) go to `predictions.csv`, not results.json
+(`dinov3_us.eval.predictions`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from dinov3_us.eval.predictions import write_predictions
 
 logger = logging.getLogger("dinov3_us")
 
@@ -183,7 +188,11 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> list[Path]:
     """results.json, summary.md and the figures of one run; returns the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    rows = results.get("predictions")
+    results = {k: v for k, v in results.items() if k != "predictions"}
     written = [write_json(out / "results.json", results)]
+    if rows is not None:
+        written.append(write_predictions(rows, out / "predictions.csv"))
     (out / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
     written.append(out / "summary.md")
     tests = results.get("test_metrics", {})

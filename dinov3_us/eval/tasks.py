@@ -20,7 +20,14 @@ from dinov3_us.eval.context import EvalContext
 from dinov3_us.eval.finetune import predict, train_finetune
 from dinov3_us.eval.knn import effective_ks, knn_features, knn_predict, select_k
 from dinov3_us.eval.linear import CachedFeatures, make_grid, predict_grid, subsample_by_group, train_linear_grid
-from dinov3_us.eval.metrics import SCALAR_METRICS, batched_scores, classification_metrics, segmentation_metrics
+from dinov3_us.eval.metrics import (
+    SCALAR_METRICS,
+    batched_scores,
+    classification_metrics,
+    dice_iou,
+    segmentation_metrics,
+)
+from dinov3_us.eval.predictions import classification_rows, segmentation_rows
 from dinov3_us.eval.segmentation import plot_examples, predict_masks, train_segmentation_grid
 
 logger = logging.getLogger("dinov3_us")
@@ -49,10 +56,12 @@ def run_linear(ctx: EvalContext) -> dict | None:
     out = ctx.base_results()
     val_pred = predict_grid(result.grid, val)[best].numpy()
     out["val_metrics"] = _metrics(ctx, val.targets, val_pred)
-    out["test_metrics"] = {}
+    out["test_metrics"], out["predictions"] = {}, []
     for name in ctx.tests:
         test = CachedFeatures(feats[name], dev)
-        out["test_metrics"][name] = _metrics(ctx, test.targets, predict_grid(result.grid, test)[best].numpy())
+        y_pred = predict_grid(result.grid, test)[best].numpy()
+        out["test_metrics"][name] = _metrics(ctx, test.targets, y_pred)
+        out["predictions"] += classification_rows(name, feats[name], y_pred, ctx.classes)
     out["metrics"] = next(iter(out["test_metrics"].values()))
     out["best_head"] = {**result.best_spec.describe(), "select_metric": lc.select_metric,
                         "val_score": float(result.val_scores[best]), "epoch": result.best_epochs[best],
@@ -122,11 +131,12 @@ def run_knn(ctx: EvalContext) -> dict | None:
         out["val_scores_per_k"] = {str(k): v for k, v in val_scores.items()}
     else:
         best_k = min(kc.default_k, len(train))
-    out["test_metrics"], per_k = {}, {}
+    out["test_metrics"], out["predictions"], per_k = {}, [], {}
     for i, name in enumerate(ctx.tests):
         preds = predict(feats[name])
         y = feats[name].targets
         out["test_metrics"][name] = _metrics(ctx, y, preds[best_k].numpy())
+        out["predictions"] += classification_rows(name, feats[name], preds[best_k].numpy(), ctx.classes)
         if i == 0:
             per_k = {str(k): {m: float(batched_scores(y, p.numpy()[None], C, m)[0]) for m in SCALAR_METRICS}
                      for k, p in preds.items()}
@@ -158,12 +168,13 @@ def run_segmentation(ctx: EvalContext) -> dict | None:
     val_pred = predict_masks(result, feats["val"], result.best)
     out["val_metrics"] = segmentation_metrics(val_pred, feats["val"].tensors["masks"].numpy() >= thr,
                                               bootstrap=r.bootstrap, ci=r.ci, seed=r.seed)
-    out["test_metrics"] = {}
+    out["test_metrics"], out["predictions"] = {}, []
     first = None
     for name in ctx.tests:
         pred = predict_masks(result, feats[name], result.best)
         truth = feats[name].tensors["masks"].numpy() >= thr
         out["test_metrics"][name] = segmentation_metrics(pred, truth, bootstrap=r.bootstrap, ci=r.ci, seed=r.seed)
+        out["predictions"] += segmentation_rows(name, feats[name], *dice_iou(pred, truth))
         first = first or (name, pred, truth)
     out["metrics"] = next(iter(out["test_metrics"].values()))
     out["best_lr"] = result.learning_rates[result.best]
@@ -193,6 +204,8 @@ def run_finetune(ctx: EvalContext) -> dict | None:
     out = ctx.base_results()
     out["val_metrics"] = _metrics(ctx, ctx.val.targets, val_pred)
     out["test_metrics"] = {name: _metrics(ctx, ctx.tests[name].targets, p) for name, p in test_preds.items()}
+    out["predictions"] = [row for name, p in test_preds.items()
+                          for row in classification_rows(name, ctx.tests[name], p, ctx.classes)]
     out["metrics"] = next(iter(out["test_metrics"].values()))
     out["best_epoch"], out["epochs_run"] = result.best_epoch, result.epochs_run
     out["stopped_early"] = result.stopped_early

@@ -5,6 +5,9 @@ features [..., in_dim] -> MLP (Linear, GELU, ..., Linear) -> bottleneck [..., bo
 
 As in DINOv3 (and unlike DINO/DINOv2) `last_layer` is a plain `nn.Linear`, without weight
 normalisation, so the state dict holds `mlp.{0,2,4}.weight/bias` and `last_layer.weight`.
+`norm_last_layer=True` (config `*.head_norm_last_layer`) makes the prototypes unit vectors in the
+forward pass, so the logits are cosine similarities: DINO/DINOv2's weight-normalised last layer with
+its norm fixed to 1, but with the same single `last_layer.weight` key.
 """
 
 import torch
@@ -24,6 +27,7 @@ class DINOHead(nn.Module):
         hidden_dim: width of the hidden layers.
         bottleneck_dim: output size of the MLP, input of `last_layer`.
         mlp_bias: bias in the MLP's Linear layers.
+        norm_last_layer: L2-normalise each prototype (row of `last_layer.weight`) in the forward pass.
 
     Weights keep PyTorch's default init until `init_weights()` (truncated normal, std 0.02, zero bias),
     which the training code calls after materialising the model, as in DINOv3.
@@ -38,11 +42,13 @@ class DINOHead(nn.Module):
         hidden_dim=2048,
         bottleneck_dim=256,
         mlp_bias=True,
+        norm_last_layer=False,
     ):
         super().__init__()
         nlayers = max(nlayers, 1)
         self.mlp = _build_mlp(nlayers, in_dim, bottleneck_dim, hidden_dim=hidden_dim, use_bn=use_bn, bias=mlp_bias)
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.norm_last_layer = norm_last_layer
 
     def init_weights(self) -> None:
         """Truncated-normal (std 0.02) weights and zero biases for every Linear layer."""
@@ -67,7 +73,10 @@ class DINOHead(nn.Module):
             eps = 1e-6 if x.dtype == torch.float16 else 1e-12
             x = F.normalize(x, dim=-1, p=2, eps=eps)  # [..., bottleneck_dim]
         if not no_last_layer:
-            x = self.last_layer(x)  # [..., out_dim]
+            weight = self.last_layer.weight  # [out_dim, bottleneck_dim]
+            if self.norm_last_layer:
+                weight = F.normalize(weight, dim=-1, p=2)
+            x = F.linear(x, weight)  # [..., out_dim]
         return x
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from dinov3_us.loss import _distributed as distributed
+from dinov3_us import distributed
 
 
 class EMACenterMixin:

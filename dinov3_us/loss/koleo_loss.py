@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinov3_us.loss import _distributed as distributed
+from dinov3_us import distributed
 
 
 def _zero_loss(x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ is dropped: the row normalisation cancels it exactly.
 
 import torch
 
-from dinov3_us.loss import _distributed as distributed
+from dinov3_us import distributed
 
 
 @torch.no_grad()

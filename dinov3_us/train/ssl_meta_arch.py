@@ -52,6 +52,7 @@ def _head(section: Mapping, embed_dim: int) -> DINOHead:
         hidden_dim=section["head_hidden_dim"],
         bottleneck_dim=section["head_bottleneck_dim"],
         nlayers=section["head_nlayers"],
+        norm_last_layer=section["head_norm_last_layer"],
     )
 
 

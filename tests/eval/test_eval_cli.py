@@ -9,7 +9,7 @@ BASE_KEYS = {"task", "created", "dinov3_us_version", "world_size", "weights", "d
              "test_metrics", "val_metrics", "timing", "config"}
 CLASSIFICATION = {"accuracy", "balanced_accuracy", "weighted_f1", "macro_f1", "per_class", "confusion_matrix",
                   "weighted_f1_ci", "balanced_accuracy_ci", "ci_level", "bootstrap"}
-LOGS = {"config.yaml", "log.txt", "results.json", "summary.md"}
+LOGS = {"config.yaml", "log.txt", "results.json", "summary.md", "predictions.csv"}
 
 
 def splits(root, test=("test",)):
@@ -59,6 +59,9 @@ def test_eval_knn_two_test_sets(phantom_dir, tmp_path):
               {"classes", "class_counts", "best_k", "ks", "per_k", "temperature", "val_scores_per_k"})
     assert r["ks"] == [10, 20, 36] and r["best_k"] in r["ks"]  # 100 and 200 clipped to the 36 train samples
     assert list(r["test_metrics"]) == ["test", "test:val"] and r["n"]["test:val"] == 6
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "dataset,key,group,target,prediction,target_name,prediction_name"
+    assert len(rows) == 1 + 6 + 6 and sum(row.startswith("test:val,") for row in rows) == 6
 
 
 def test_eval_finetune(phantom_dir, tmp_path):
@@ -86,6 +89,13 @@ def test_eval_segmentation_and_compare(blob_dir, phantom_dir, tmp_path):
     assert {p.name for p in cmp_out.iterdir()} == {"comparison.md", "comparison.png"}
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| knn") or line.startswith("| seg")]
     assert len(rows) == 2 and "Dice (CI)" in proc.stdout
+    assert "no paired comparison" in proc.stderr  # a kNN and a segmentation run share no test samples
+    knn_b = tmp_path / "knn_b"
+    assert run_tool("eval_knn.py", *backbone(), *splits(phantom_dir), "--output-dir", knn_b,
+                    "report.seed=1").returncode == 0
+    proc = run_tool("compare_results.py", knn, knn_b, "--output-dir", cmp_out)
+    assert proc.returncode == 0, proc.stderr
+    assert "Paired against knn" in proc.stdout and "| +0.000 [+0.000, +0.000] | 1.000 |" in proc.stdout
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -52,3 +52,19 @@ def test_init_weights():
             assert torch.count_nonzero(p) == 0, name
         else:
             assert p.std().item() == pytest.approx(0.02, rel=0.1), name
+
+
+def test_norm_last_layer_gives_cosine_logits_with_the_same_keys():
+    torch.manual_seed(0)
+    head = DINOHead(12, 20, hidden_dim=16, bottleneck_dim=8, norm_last_layer=True)
+    plain = DINOHead(12, 20, hidden_dim=16, bottleneck_dim=8)
+    assert set(head.state_dict()) == set(plain.state_dict())
+    x = torch.randn(5, 12)
+    z = head(x, no_last_layer=True)
+    prototypes = head.last_layer.weight / head.last_layer.weight.norm(dim=-1, keepdim=True)
+    logits = head(x)
+    torch.testing.assert_close(logits, z @ prototypes.T)
+    assert logits.abs().max() <= 1 + 1e-6  # cosines, whatever the prototypes' norm
+    with torch.no_grad():
+        head.last_layer.weight.mul_(7.0)
+    torch.testing.assert_close(head(x), logits)

@@ -72,6 +72,14 @@ def test_init_copies_student_into_teacher_and_teacher_stays_eval():
     assert model.student.training and not model.teacher.training
 
 
+def test_head_norm_last_layer_reaches_the_heads():
+    cfg, model = make(["dino.head_norm_last_layer=true"])
+    assert model.student.dino_head.norm_last_layer and model.teacher.dino_head.norm_last_layer
+    assert not model.student.ibot_head.norm_last_layer
+    loss, _ = model.forward_backward(synthetic_batch(cfg), teacher_temp=0.05)
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.parametrize("centering", ["softmax", "none"])
 def test_other_centerings(centering):
     cfg, model = make([f"train.centering={centering}"])
