@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger("dinov3_us")
@@ -25,15 +27,20 @@ def truncate_jsonl(path: Path, first_iteration: int) -> int:
 
 
 class MetricLogger:
-    """Writes one JSON line and TensorBoard scalars per logged iteration, and a console line with rate and ETA."""
+    """Writes one JSON line and TensorBoard scalars per logged iteration, and a console line with rate and ETA.
+
+    The ETA uses the pace of the last `eta_window` logging intervals, so a slow start (compilation,
+    page cache, a neighbour's job) stops counting once it is over.
+    """
 
     def __init__(self, output_dir: str | Path, total_iterations: int, start_iteration: int, enabled: bool = True,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, eta_window: int = 5, clock: Callable[[], float] = time.perf_counter):
         self.enabled = enabled
         self.total, self.start = total_iterations, start_iteration
         self.jsonl = Path(output_dir) / "training_metrics.jsonl"
         self.writer = None
-        self.t0 = time.perf_counter()
+        self.clock = clock
+        self.marks = deque([(clock(), start_iteration - 1)], maxlen=eta_window + 1)  # (time, last iteration done)
         if not enabled:
             return
         truncate_jsonl(self.jsonl, start_iteration)
@@ -46,9 +53,9 @@ class MetricLogger:
         """Record `metrics` of `iteration` (rank 0 only; other ranks are no-ops)."""
         if not self.enabled:
             return
-        done = iteration + 1 - self.start
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / max(done, 1) * (self.total - iteration - 1)
+        self.marks.append((self.clock(), iteration))
+        (t_old, it_old), (t_now, _) = self.marks[0], self.marks[-1]
+        eta = (t_now - t_old) / max(iteration - it_old, 1) * (self.total - iteration - 1)
         record = {"iteration": iteration, **{k: float(v) for k, v in metrics.items()}, "eta_seconds": round(eta, 1)}
         with self.jsonl.open("a") as f:
             f.write(json.dumps(record) + "\n")

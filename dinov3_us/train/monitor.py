@@ -4,6 +4,9 @@
   by log K. Near 1: every image gets a uniform distribution (uniform collapse).
 - `teacher_batch_entropy`: entropy of the batch-averaged teacher distribution / log K. Near 0: all
   images put their mass on the same few prototypes (dominant-prototype collapse).
+- `target_entropy`: mean entropy of the centred targets the student is trained on (after Sinkhorn-
+  Knopp or centring) / log K. The DINO loss cannot fall below it: a DINO loss near log K with a
+  target entropy near 1 means the targets still carry (almost) no information about the image.
 - `teacher_cls_std`, `student_cls_std`: std over the batch of the L2-normalised pre-head CLS tokens,
   averaged over dimensions and multiplied by sqrt(D): about 1 for spread-out features, 0 when every
   image maps to the same vector (representation collapse).
@@ -40,6 +43,7 @@ def collapse_metrics(teacher_global: Mapping[str, Tensor], student_global: Mappi
     return {
         "teacher_entropy": _normalised_entropy(probs).mean(),
         "teacher_batch_entropy": _normalised_entropy(probs.mean(0)),
+        "target_entropy": _normalised_entropy(teacher_global["cls_centered"].flatten(0, 1).float()).mean(),
         "teacher_cls_std": _cls_std(teacher_global["cls_pre_head"]),
         "student_cls_std": _cls_std(student_global["cls_pre_head"].detach()),
     }

@@ -47,7 +47,7 @@ def test_forward_backward_grads_and_loss_composition():
                 + g_terms / (g_terms + l_terms) * m["dino_global_crops_loss"]
                 + cfg.dino.koleo_loss_weight * n_g * m["koleo_loss"] + m["ibot_loss"])
     torch.testing.assert_close(loss, expected)
-    for key in ("teacher_entropy", "teacher_batch_entropy", "teacher_cls_std", "student_cls_std"):
+    for key in ("teacher_entropy", "teacher_batch_entropy", "target_entropy", "teacher_cls_std", "student_cls_std"):
         assert key in m
 
 
