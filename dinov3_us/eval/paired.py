@@ -19,6 +19,8 @@ import numpy as np
 
 from dinov3_us.errors import DataError
 from dinov3_us.eval.metrics import scores_from_confusion
+from dinov3_us.eval.predictions import load_predictions
+from dinov3_us.eval.report import run_label
 
 PER_SAMPLE_METRICS = ("dice", "iou")  # segmentation: the mean of a per-image value
 
@@ -95,9 +97,6 @@ def paired_markdown(runs: list[dict], *, n: int = 2000, seed: int = 0) -> str:
     `runs` are loaded results (`dinov3_us.eval.report.load_results`); their folders must hold
     `predictions.csv`. The headline metric is weighted F1 (classification) or Dice (segmentation).
     """
-    from dinov3_us.eval.predictions import load_predictions
-    from dinov3_us.eval.report import run_label
-
     if len(runs) < 2:
         return ""
     base = runs[0]
