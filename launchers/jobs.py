@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dinov3_us.train.metrics import progress_line
+
 logger = logging.getLogger("dinov3_us")
 
 JOBS_FILE = "jobs.json"
@@ -206,7 +208,16 @@ def summary_table(data: dict[str, Any]) -> str:
         after = ",".join(r.get("depends_on", [])) or "-"
         rows.append((name, str(r.get("job_id") or "-"), r.get("state", "?"), after, r.get("stdout") or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
+    table = "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in rows)
+    progress = pretrain_progress(data)
+    return table + (f"\n  pretraining: {progress}" if progress else "")
+
+
+def pretrain_progress(data: dict[str, Any]) -> str | None:
+    """The pretraining run's progress line (iteration, rate, ETA, self-distillation alarm), if it has logged."""
+    if "pretrain" not in data.get("jobs", {}) or not data.get("output_dir"):
+        return None
+    return progress_line(data["output_dir"])
 
 
 def report_failures(data: dict[str, Any], stream=sys.stdout) -> bool:
@@ -253,6 +264,11 @@ def watch(jobs_file: JobsFile, poll_s: float = 10.0, stream=sys.stdout, timeout_
                 print(f"[{time.strftime('%H:%M:%S')}] {name} (job {r.get('job_id')}): {state}{extra}", file=stream,
                       flush=True)
                 seen[name] = state
+        running = data["jobs"].get("pretrain", {}).get("state") == "RUNNING"
+        progress = pretrain_progress(data) if running else None
+        if progress and progress != seen.get("_progress"):
+            print(f"[{time.strftime('%H:%M:%S')}] pretrain: {progress}", file=stream, flush=True)
+            seen["_progress"] = progress
         if all_done(data):
             break
         if timeout_s is not None and time.monotonic() - start > timeout_s:

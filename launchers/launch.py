@@ -26,7 +26,17 @@ from launchers.common import (
     setup_logging,
     slurm_parameters,
 )
-from launchers.jobs import JOBS_FILE, JobsFile, now, print_report, report_failures, scancel, summary_table, watch
+from launchers.jobs import (
+    JOBS_FILE,
+    JobsFile,
+    now,
+    pretrain_progress,
+    print_report,
+    report_failures,
+    scancel,
+    summary_table,
+    watch,
+)
 from launchers.plan import JobSpec
 from launchers.tasks import write_report
 
@@ -190,6 +200,17 @@ def submit_slurm(launch: Launch, wait: bool, poll_s: float) -> int:
         return 130
 
 
+def _follow_pretraining(job, jobs_file: JobsFile, poll_s: float = 10.0) -> None:
+    """Print the pretraining's progress line (iteration, rate, ETA, alarm) while the local job runs."""
+    last = None
+    while not job.done():
+        time.sleep(poll_s)
+        line = pretrain_progress(jobs_file.read())
+        if line and line != last:
+            print(f"[{time.strftime('%H:%M:%S')}] pretrain: {line}", flush=True)
+            last = line
+
+
 def run_local(launch: Launch) -> int:
     """Run the chain here, job after job (local: subprocesses; debug: this process)."""
     make_importable()
@@ -213,6 +234,8 @@ def run_local(launch: Launch) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {spec.name}: {spec.resources.tasks_per_node} process(es), "
               f"log {job.paths.stdout}", flush=True)
         try:
+            if launch.cluster == "local" and spec.kind == "pretrain":
+                _follow_pretraining(job, jf)
             job.results()
             state, error = "COMPLETED", None
         except KeyboardInterrupt:

@@ -71,3 +71,42 @@ class MetricLogger:
         """Flush and close TensorBoard."""
         if self.writer is not None:
             self.writer.close()
+
+
+def progress_line(run_dir: str | Path) -> str | None:
+    """Where a pretraining run stands, from its last `training_metrics.jsonl` line, or None before the first.
+
+    `it 340/1000 (34%), 85.2 img/s, ETA 00:02:10, DINO loss 0.987 ln K`, plus a warning when the
+    self-distillation alarm (`SelfDistillationWatch`) is on at that iteration.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "training_metrics.jsonl"
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        last = json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+    if last is None:
+        return None
+    total = None
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        total = int(cfg["optim"]["epochs"]) * int(cfg["train"]["OFFICIAL_EPOCH_LENGTH"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    done = int(last["iteration"]) + 1
+    parts = [f"it {done}/{total} ({100 * done / total:.0f}%)" if total else f"it {done}"]
+    if "images_per_second" in last:
+        parts.append(f"{last['images_per_second']:.1f} img/s")
+    if "eta_seconds" in last and done != total:
+        eta = float(last["eta_seconds"])
+        parts.append("ETA " + (time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.0f} h"))
+    if "dino_loss_ratio" in last:
+        parts.append(f"DINO loss {last['dino_loss_ratio']:.3f} ln K")
+    line = ", ".join(parts)
+    if last.get("selfdistill_stalled"):
+        line += ("\n  WARNING: self-distillation has not started (DINO loss still at ln K, uniform targets); "
+                 f"see {run_dir / 'log.txt'}")
+    return line

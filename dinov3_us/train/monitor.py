@@ -7,6 +7,9 @@
 - `target_entropy`: mean entropy of the centred targets the student is trained on (after Sinkhorn-
   Knopp or centring) / log K. The DINO loss cannot fall below it: a DINO loss near log K with a
   target entropy near 1 means the targets still carry (almost) no information about the image.
+- `teacher_logit_std`: std over the batch of the teacher's logits / T, averaged over prototypes: how far
+  apart the teacher puts the images before centring. Far below 1, Sinkhorn-Knopp (or the centre) cannot
+  tell the images apart and the targets stay uniform, whatever the backbone learns.
 - `teacher_cls_std`, `student_cls_std`: std over the batch of the L2-normalised pre-head CLS tokens,
   averaged over dimensions and multiplied by sqrt(D): about 1 for spread-out features, 0 when every
   image maps to the same vector (representation collapse).
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dinov3_us.errors import ConfigError
 
 
 def _normalised_entropy(probs: Tensor) -> Tensor:  # [..., K] -> [...]
@@ -39,10 +44,12 @@ def _cls_std(cls: Tensor) -> Tensor:  # [n_crops, B, D] -> scalar
 def collapse_metrics(teacher_global: Mapping[str, Tensor], student_global: Mapping[str, Tensor],
                      teacher_temp: float) -> dict[str, Tensor]:
     """Collapse statistics of one step from the teacher and student outputs of `SSLMetaArch`."""
-    probs = F.softmax(teacher_global["cls_after_head"].flatten(0, 1).float() / teacher_temp, dim=-1)  # [n * B, K]
+    logits = teacher_global["cls_after_head"].flatten(0, 1).float() / teacher_temp  # [n * B, K]
+    probs = F.softmax(logits, dim=-1)  # [n * B, K]
     return {
         "teacher_entropy": _normalised_entropy(probs).mean(),
         "teacher_batch_entropy": _normalised_entropy(probs.mean(0)),
+        "teacher_logit_std": logits.std(dim=0).mean() if logits.shape[0] > 1 else logits.new_zeros(()),
         "target_entropy": _normalised_entropy(teacher_global["cls_centered"].flatten(0, 1).float()).mean(),
         "teacher_cls_std": _cls_std(teacher_global["cls_pre_head"]),
         "student_cls_std": _cls_std(student_global["cls_pre_head"].detach()),
@@ -74,3 +81,77 @@ class CollapseWatch:
 
 
 _WATCHED = ("teacher_entropy", "teacher_batch_entropy", "teacher_cls_std", "student_cls_std")
+
+
+def dino_loss_ratio(metrics: Mapping[str, float | Tensor], n_prototypes: int) -> float | None:
+    """The DINO loss (mean of its global and local terms) / ln K; 1 = uniform predictions. None without DINO terms."""
+    terms = [float(metrics[k]) for k in ("dino_global_crops_loss", "dino_local_crops_loss") if k in metrics]
+    return sum(terms) / len(terms) / math.log(n_prototypes) if terms else None
+
+
+@dataclass
+class SelfDistillationWatch:
+    """The alarm for a run whose self-distillation has not started.
+
+    From iteration `start` (the end of the lr warm-up) on, an iteration is *stalled* when the DINO loss
+    is >= `threshold` ln K and the target entropy >= `threshold`: the targets still carry no information
+    about the image and only KoLeo (and the iBOT/DINO heads' drift) move the loss. After `patience`
+    iterations stalled at every logged iteration, `update()` returns the warning once, and
+    `selfdistill_stalled` is 1 from then until the run leaves the plateau. `state_dict()` goes into the
+    checkpoint so that a resumed run flags the same iterations.
+    """
+
+    n_prototypes: int
+    patience: int  # iterations; 0 switches the alarm off
+    start: int = 0
+    threshold: float = 0.97
+    stalled_since: int | None = None
+    fired: bool = False
+
+    def __post_init__(self) -> None:
+        if self.patience < 0:
+            raise ConfigError(f"train.selfdistill_alarm_iterations must be >= 0 (0: off), got {self.patience}")
+
+    def update(self, iteration: int, metrics: dict) -> str | None:
+        """Add `dino_loss_ratio` and `selfdistill_stalled` to `metrics`; the warning text when the alarm goes off."""
+        ratio = dino_loss_ratio(metrics, self.n_prototypes)
+        if ratio is None or "target_entropy" not in metrics:
+            return None
+        metrics["dino_loss_ratio"] = ratio
+        entropy = float(metrics["target_entropy"])
+        if iteration < self.start or ratio < self.threshold or entropy < self.threshold:
+            self.stalled_since = None
+            metrics["selfdistill_stalled"] = 0.0
+            return None
+        if self.stalled_since is None:
+            self.stalled_since = iteration
+        stalled_for = iteration - self.stalled_since
+        alarm = self.patience > 0 and stalled_for >= self.patience
+        metrics["selfdistill_stalled"] = float(alarm)
+        if not alarm or self.fired:
+            return None
+        self.fired = True
+        spread = (f"; the teacher's logits differ by only {float(metrics['teacher_logit_std']):.3g} T across the batch"
+                  if "teacher_logit_std" in metrics else "")
+        return (f"self-distillation has not started after {iteration + 1} iterations: for the last {stalled_for} "
+                f"the DINO loss has stayed at {ratio:.3f} ln K and the targets at {entropy:.3f} of the uniform "
+                f"entropy{spread}, so only KoLeo makes the loss fall. What decides it "
+                "(bench/bench_selfdistill_onset.py): " + DECISIVE_KNOBS)
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to flag the same iterations."""
+        return {"stalled_since": self.stalled_since, "fired": self.fired}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore `state_dict()`."""
+        self.stalled_since, self.fired = state.get("stalled_since"), bool(state.get("fired", False))
+
+
+# What bench/bench_selfdistill_onset.py found decisive on look-alike ultrasound (README: "When self-distillation
+# starts").
+DECISIVE_KNOBS = ("the teacher must tell images apart by several temperatures before centring (teacher_logit_std), and "
+                  "with the official choices it does not: lower the teacher temperature (teacher.teacher_temp and "
+                  "teacher.warmup_teacher_temp, e.g. 0.01), start LayerScale at 0.1 (student.layerscale), use fewer "
+                  "prototypes for a small pool (dino/ibot.head_n_prototypes, e.g. 128-1024), do not freeze them "
+                  "(optim.freeze_last_layer_epochs=0) and make them unit-norm (dino/ibot.head_norm_last_layer=true), "
+                  "as configs/train/*_smalldata.yaml and small_cpu.yaml do")

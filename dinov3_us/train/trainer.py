@@ -26,7 +26,7 @@ from dinov3_us.fsdp import parallelize_meta_arch
 from dinov3_us.models import load_backbone_weights, vit_kwargs
 from dinov3_us.train.flops import peak_tflops, training_flops_per_image
 from dinov3_us.train.metrics import MetricLogger
-from dinov3_us.train.monitor import CollapseWatch
+from dinov3_us.train.monitor import CollapseWatch, SelfDistillationWatch
 from dinov3_us.train.schedules import build_schedulers
 from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch
@@ -74,6 +74,9 @@ class Trainer:
                                               max_to_keep=cfg.checkpointing.max_to_keep,
                                               keep_every=cfg.checkpointing.keep_every)
         self.watch = CollapseWatch()
+        warmup = cfg.optim.warmup_epochs * cfg.train.OFFICIAL_EPOCH_LENGTH  # a fresh teacher looks collapsed
+        self.selfdistill = SelfDistillationWatch(cfg.dino.head_n_prototypes, cfg.train.selfdistill_alarm_iterations,
+                                                 start=warmup)
         self.peak, self.peak_source = peak_tflops(self.dist.device, cfg.runtime.peak_tflops)
 
     def _load_pretrained(self, path: str) -> None:
@@ -95,6 +98,7 @@ class Trainer:
 
     def _states(self) -> dict:
         self.train_state.extra["data"] = self.loader.state_dict()
+        self.train_state.extra["selfdistill"] = self.selfdistill.state_dict()
         return {"model": ModelOptimizerState(self.model, self.optimizer), "train": self.train_state}
 
     def save(self, iteration: int) -> Path:
@@ -107,6 +111,7 @@ class Trainer:
         loaded = self.checkpointer.load(self._states(), rank_states={"rng": RNGState()})
         if loaded is None:
             return 0
+        self.selfdistill.load_state_dict(self.train_state.extra.get("selfdistill", {}))
         data_state = self.train_state.extra["data"]
         try:
             self.loader.load_state_dict(data_state)
@@ -133,7 +138,6 @@ class Trainer:
         eval_period, log_period = cfg.evaluation.eval_period_iterations, cfg.train.log_period
         global_batch = cfg.train.batch_size_per_gpu * self.dist.world_size
         bad_steps, last_saved, last_exported, exit_code = 0, start - 1, None, 0
-        watch_from = cfg.optim.warmup_epochs * cfg.train.OFFICIAL_EPOCH_LENGTH  # a fresh teacher looks collapsed
         batches = self.loader.infinite()
         t_last, it = time.perf_counter(), start - 1
         try:
@@ -158,8 +162,11 @@ class Trainer:
                     metrics["tflops"], metrics["mfu"] = achieved, achieved / (self.peak * self.dist.world_size)
                     if self.dist.device.type == "cuda":
                         metrics["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                    alarm = self.selfdistill.update(it, metrics)
                     metric_logger.log(it, metrics)
-                    for problem in self.watch.check(metrics) if it >= watch_from else []:
+                    if alarm:
+                        logger.warning("iteration %d: %s", it, alarm)
+                    for problem in self.watch.check(metrics) if it >= self.selfdistill.start else []:
                         logger.warning("iteration %d: collapse watch: %s", it, problem)
                     t_last = now
                 if self.checkpointer.should_save(it + 1) or it + 1 == self.total_iterations:
