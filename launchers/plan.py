@@ -135,7 +135,8 @@ def plan_evals(requests: list[EvalRequest], weights: str, out_dir: Path, cwd: st
 
     Evaluations without a YAML use `default_data`'s train/val/test splits at the backbone's training
     resolution (`model_info['img_size']`), with `linear.n_last_blocks` clipped to its depth, unless the
-    overrides say otherwise.
+    overrides say otherwise. Every frozen-feature evaluation also scores a random initialisation of the
+    same architecture (`report.baseline=random`, paired difference and chance level in its report).
     """
     from dinov3_us.eval.config import load_eval_config
 
@@ -149,6 +150,8 @@ def plan_evals(requests: list[EvalRequest], weights: str, out_dir: Path, cwd: st
             depth = model_info.get("depth")
             if req.task == "linear" and "linear.n_last_blocks" not in keys and depth and depth < 4:
                 extra.append(f"linear.n_last_blocks={sorted({1, depth})}".replace(" ", ""))
+        if req.task != "finetune" and "report.baseline" not in keys:  # frozen features: the baseline is cheap
+            extra.append("report.baseline=random")
         all_overrides = [*extra, *overrides]
         where = f"evaluation {req.name}" + (f" ({req.config_file})" if req.config_file else "")
         try:

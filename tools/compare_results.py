@@ -4,10 +4,12 @@
         [--output-dir OUT]
 
 Prints the table and writes OUT/comparison.md and OUT/comparison.png (OUT defaults to the current
-folder). Where every run folder holds a predictions.csv, a second table compares each run with the
-first on the same test samples (paired bootstrap over patients: the difference, its 95% CI and the
-share of replicates where the run does not beat the first). Arguments may also be run folders
-holding a results.json. Exit code 2 on an unreadable file.
+folder). Where every run folder holds a predictions.csv, and the runs are not different evaluations
+of one backbone, a second table compares each run with the first on the same test samples (paired
+bootstrap over patients: the difference, its 95% CI and the share of replicates where the run does
+not beat the first). Runs evaluated with
+`report.baseline=random` add a table against their random initialisation and the chance level.
+Arguments may also be run folders holding a results.json. Exit code 2 on an unreadable file.
 """
 
 import argparse
@@ -17,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.errors import DinoUSError  # noqa: E402
-from dinov3_us.eval.paired import paired_markdown  # noqa: E402
+from dinov3_us.eval.paired import paired_markdown, versus_random_markdown  # noqa: E402
 from dinov3_us.eval.report import compare_markdown, load_results, plot_comparison  # noqa: E402
 
 
@@ -33,7 +35,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     table = compare_markdown(runs)
-    if all((Path(r["_path"]).parent / "predictions.csv").is_file() for r in runs):
+    if any(r.get("vs_random") for r in runs):
+        table += "\n" + versus_random_markdown(runs)
+    one_backbone = len({r.get("weights", {}).get("sha256") for r in runs}) == 1
+    if one_backbone and len({r["task"] for r in runs}) > 1:
+        print("no paired comparison: the runs are different evaluations of one backbone", file=sys.stderr)
+    elif all((Path(r["_path"]).parent / "predictions.csv").is_file() for r in runs):
         try:
             table += "\n" + paired_markdown(runs)
         except DinoUSError as err:

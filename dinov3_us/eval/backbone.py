@@ -192,6 +192,19 @@ def build_random(
     return kwargs, model
 
 
+def random_like(backbone: EvalBackbone, seed: int = 0, attention_backend: str = "auto",
+                **model_kwargs) -> EvalBackbone:
+    """A random initialisation of exactly `backbone`'s architecture (the baseline a pretraining must beat)."""
+    model = DinoVisionTransformer(**backbone.arch, **model_kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.init_weights()
+    model.set_attention_backend(attention_backend)
+    model.eval()
+    info = {"seed": seed, "architecture_of": backbone.weights}
+    return EvalBackbone(model, dict(backbone.arch), "random", state_dict_sha256(model.state_dict()), "random", info)
+
+
 def load_eval_backbone(
     pretrained_weights: str | os.PathLike,
     arch: str | None = None,

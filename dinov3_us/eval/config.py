@@ -151,6 +151,9 @@ class ReportConfig:
     bootstrap: int = 1000  # resamples of the test predictions
     ci: float = 0.95
     seed: int = 0
+    # random: also evaluate a random initialisation of the same architecture on the same splits, and
+    # report the paired difference (patients resampled) and the chance level (OUT/baseline_random/)
+    baseline: Literal["none", "random"] = "none"
 
 
 @dataclass

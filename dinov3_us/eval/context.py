@@ -25,10 +25,11 @@ import numpy as np
 import dinov3_us
 from dinov3_us.distributed import DistInfo, destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError, DinoUSError
-from dinov3_us.eval.backbone import EvalBackbone, load_eval_backbone
+from dinov3_us.eval.backbone import EvalBackbone, load_eval_backbone, random_like
 from dinov3_us.eval.config import EvalConfig, load_eval_config, write_eval_config
 from dinov3_us.eval.data import EvalDataset, EvalTransform, assign_targets, require_labels, unique_names
 from dinov3_us.eval.features import FeatureSet, extract_features
+from dinov3_us.eval.paired import versus_random
 from dinov3_us.eval.report import write_report
 from dinov3_us.log import setup_logging
 
@@ -101,6 +102,7 @@ class EvalContext:
     tests: dict[str, EvalDataset] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    like: EvalBackbone | None = None  # evaluate a random initialisation of this backbone's architecture instead
 
     @property
     def progress(self) -> bool:
@@ -111,8 +113,11 @@ class EvalContext:
         """Load the backbone (on the run's device) and the splits; assign the targets."""
         start = time.perf_counter()
         m, d = self.cfg.model, self.cfg.data
-        self.backbone = load_eval_backbone(m.pretrained_weights, m.arch, m.in_chans, d.image_size, seed=m.seed,
-                                           attention_backend=m.attention_backend, **model_kwargs)
+        if self.like is not None:
+            self.backbone = random_like(self.like, m.seed, m.attention_backend, **model_kwargs)
+        else:
+            self.backbone = load_eval_backbone(m.pretrained_weights, m.arch, m.in_chans, d.image_size, seed=m.seed,
+                                               attention_backend=m.attention_backend, **model_kwargs)
         model = self.backbone.model
         if d.image_size % model.patch_size:
             raise ConfigError(f"data.image_size={d.image_size} is not a multiple of the patch size {model.patch_size}")
@@ -182,6 +187,15 @@ class EvalContext:
         }
 
 
+def _finish(ctx: EvalContext, results: dict, start: float) -> None:
+    """Timing and config into `results`; write the run's report, config.yaml beside it (rank 0)."""
+    ctx.timing["total_s"] = time.perf_counter() - start
+    results["timing"] = {k: round(v, 3) for k, v in ctx.timing.items()}
+    results["config"] = ctx.cfg.to_dict()
+    write_eval_config(ctx.cfg, ctx.out_dir / "config.yaml")
+    write_report(results, ctx.out_dir)
+
+
 def cli_main(task: str, runner: Callable[[EvalContext], dict | None], argv=None, description: str = "") -> int:
     """Parse, run `runner` under a process group, write the report on rank 0; exit code 0, or 2 on a user error."""
     args = parse_args(build_parser(description or f"{task} evaluation"), argv)
@@ -196,12 +210,17 @@ def cli_main(task: str, runner: Callable[[EvalContext], dict | None], argv=None,
         start = time.perf_counter()
         ctx = EvalContext(task, cfg, out, info)
         results = runner(ctx)
+        if cfg.report.baseline == "random" and ctx.backbone.kind != "random":
+            logger.info("baseline: a random initialisation of the same architecture on the same splits")
+            base_ctx = EvalContext(task, cfg, out / "baseline_random", info, like=ctx.backbone)
+            start_base = time.perf_counter()
+            base_results = runner(base_ctx)
+            if info.is_main:
+                _finish(base_ctx, base_results, start_base)
+                results["vs_random"] = versus_random(results, base_results, seed=cfg.report.seed)
+                ctx.timing["baseline_s"] = time.perf_counter() - start_base
         if info.is_main and results is not None:
-            ctx.timing["total_s"] = time.perf_counter() - start
-            results["timing"] = {k: round(v, 3) for k, v in ctx.timing.items()}
-            results["config"] = cfg.to_dict()
-            write_eval_config(cfg, out / "config.yaml")
-            write_report(results, out)
+            _finish(ctx, results, start)
             print(f"{task}: wrote {out / 'results.json'}")
         return 0
     except DinoUSError as err:

@@ -109,6 +109,15 @@ def batched_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, met
     return scores_from_confusion(confusion_matrices(y_true, y_pred, num_classes))[metric]
 
 
+def chance_levels(y_true: np.ndarray, num_classes: int, metric: str, *, n: int = 200, seed: int = 0) -> dict:
+    """`metric` of predictions that ignore the image: uniform random guesses (mean of `n`) and the majority class."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    guesses = np.random.default_rng(seed).integers(0, num_classes, size=(n, len(y_true)))  # [n, N]
+    majority = np.full((1, len(y_true)), np.bincount(y_true, minlength=num_classes).argmax())  # [1, N]
+    return {"metric": metric, "uniform_guess": float(batched_scores(y_true, guesses, num_classes, metric).mean()),
+            "majority_class": float(batched_scores(y_true, majority, num_classes, metric)[0])}
+
+
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image Dice and IoU of binary masks [N, H, W]; an image with both masks empty scores 1."""
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)

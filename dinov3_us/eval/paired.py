@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from dinov3_us.errors import DataError
-from dinov3_us.eval.metrics import scores_from_confusion
-from dinov3_us.eval.predictions import load_predictions
+from dinov3_us.eval.metrics import chance_levels, scores_from_confusion
+from dinov3_us.eval.predictions import load_predictions, prediction_columns
 from dinov3_us.eval.report import run_label
 
 PER_SAMPLE_METRICS = ("dice", "iou")  # segmentation: the mean of a per-image value
@@ -110,4 +110,39 @@ def paired_markdown(runs: list[dict], *, n: int = 2000, seed: int = 0) -> str:
                               num_classes=len(base.get("classes", [])) or None, n=n, seed=seed)
         lines.append(f"| {run_label(run)} | {d['b']:.3f} | {d['difference']:+.3f} [{d['ci'][0]:+.3f}, "
                      f"{d['ci'][1]:+.3f}] | {d['p_not_better']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def versus_random(results: dict, random_results: dict, *, n: int = 2000, seed: int = 0) -> dict:
+    """The headline metric of `results` against a random initialisation scored on the same test samples.
+
+    Both dicts are runners' results with their `predictions` rows. Returns `paired_difference`'s fields
+    (`a` = random, `b` = this backbone) and, for classification, `chance` (`chance_levels`).
+    """
+    metric = "dice" if "dice" in results["metrics"] else "weighted_f1"
+    num_classes = len(results.get("classes") or []) or None
+    base = prediction_columns(random_results["predictions"], where="random baseline")
+    ours = prediction_columns(results["predictions"], base["dataset"], where="evaluated backbone")
+    out = paired_difference(base, ours, metric=metric, num_classes=num_classes, n=n, seed=seed)
+    out |= {"test_set": base["dataset"], "random_sha256": random_results["weights"]["sha256"]}
+    if metric != "dice":
+        out["chance"] = chance_levels(base["y_true"], num_classes or int(base["y_true"].max()) + 1, metric, seed=seed)
+    return out
+
+
+def versus_random_markdown(runs: list[dict]) -> str:
+    """A table of every run that carries `vs_random` (its metric, random init's, the paired difference, chance)."""
+    rows = [r for r in runs if r.get("vs_random")]
+    if not rows:
+        return ""
+    lines = ["Against a random initialisation of the same architecture, on the same test samples (paired "
+             "bootstrap, patients resampled):", "",
+             "| run | metric | this backbone | random init | difference [95% CI] | P(not better) | chance "
+             "(uniform guess / majority class) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v = r["vs_random"]
+        chance = v.get("chance")
+        lines.append(f"| {run_label(r)} | {v['metric']} | {v['b']:.3f} | {v['a']:.3f} | {v['difference']:+.3f} "
+                     f"[{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | {v['p_not_better']:.3f} | "
+                     + (f"{chance['uniform_guess']:.3f} / {chance['majority_class']:.3f}" if chance else "-") + " |")
     return "\n".join(lines) + "\n"

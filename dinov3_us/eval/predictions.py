@@ -64,12 +64,17 @@ def load_predictions(run: str | os.PathLike, dataset: str | None = None) -> dict
                         "evaluation to compare runs on the same samples)")
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    return prediction_columns(rows, dataset, str(path))
+
+
+def prediction_columns(rows: list[dict], dataset: str | None = None, where: str = "predictions") -> dict:
+    """`load_predictions`'s columns from rows read from a CSV or made by `classification_rows` / `segmentation_rows`."""
     if not rows:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{where}: no rows")
     dataset = dataset or rows[0]["dataset"]
     rows = [r for r in rows if r["dataset"] == dataset]
     if not rows:
-        raise DataError(f"{path}: no rows for test set {dataset!r}")
+        raise DataError(f"{where}: no rows for test set {dataset!r}")
     out = {"dataset": dataset, "keys": [r["key"] for r in rows], "groups": [r["group"] for r in rows]}
     try:
         if "dice" in rows[0]:
@@ -79,6 +84,6 @@ def load_predictions(run: str | os.PathLike, dataset: str | None = None) -> dict
             out["y_true"] = np.array([int(r["target"]) for r in rows])
             out["y_pred"] = np.array([int(r["prediction"]) for r in rows])
     except (KeyError, ValueError) as e:
-        raise DataError(f"{path}: malformed row ({e}); expected the columns {CLASSIFICATION_COLUMNS} or "
+        raise DataError(f"{where}: malformed row ({e}); expected the columns {CLASSIFICATION_COLUMNS} or "
                         f"{SEGMENTATION_COLUMNS}") from None
     return out

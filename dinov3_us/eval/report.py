@@ -149,6 +149,18 @@ def summary_markdown(results: dict) -> str:
             lines.append(f"- {label}: {results[key]}")
     if "timing" in results:
         lines.append("- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in results["timing"].items()))
+    if results.get("vs_random"):
+        v = results["vs_random"]
+        chance = v.get("chance")
+        lines += ["", f"## Against a random initialisation of the same architecture ({v['test_set']})", "",
+                  f"| {v['metric']} | this backbone | random init | difference [95% CI] | P(not better) | "
+                  "chance: uniform guess / majority class |", "|---|---|---|---|---|---|",
+                  f"| test | {v['b']:.4f} | {v['a']:.4f} | {v['difference']:+.4f} [{v['ci'][0]:+.4f}, "
+                  f"{v['ci'][1]:+.4f}] | {v['p_not_better']:.3f} | "
+                  + (f"{chance['uniform_guess']:.4f} / {chance['majority_class']:.4f}" if chance else "-") + " |",
+                  "", f"Paired bootstrap of the difference on the same {v['n_samples']} test samples, "
+                  f"{v['n_groups']} patients resampled ({v['replicates']} replicates); the random initialisation's "
+                  "own report is in baseline_random/."]
     for name, metrics in results.get("test_metrics", {"test": results.get("metrics", {})}).items():
         lines += ["", f"## {name} (n = {results.get('n', {}).get(name, '?')})", ""] + _metrics_md(metrics)
     if "per_k" in results:
