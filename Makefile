@@ -7,13 +7,19 @@ PY := $(VENV)/bin/python
 # system CUDA build, visible through --system-site-packages, is kept as it is).
 TORCH_PIN ?= torch==2.13.0
 
-# make demo: phantom shards -> tiny pretraining (2 CPU processes) -> convert -> linear probe + kNN, through the
-# same launcher as a cluster run (--cluster local). make demo-real: the same on HC18 from ../shared/data.
+# make demo: phantom shards -> small-data pretraining (2 CPU processes) -> convert -> linear probe + kNN, each
+# also on a random initialisation of the same architecture (paired difference, chance level), through the same
+# launcher as a cluster run (--cluster local). make demo-real: the same on HC18 from ../shared/data.
+# The recipe is configs/train/small_cpu.yaml (the small-data knobs; README "When self-distillation starts")
+# at a global batch of 16 (2 processes x 8), 100-iteration epochs.
 DEMO_DIR ?= runs/demo
 DEMO_REAL_DIR ?= runs/demo-real
 HC18 ?= ../shared/data/hc18
+DEMO_ITERATIONS ?= 200
+DEMO_REAL_ITERATIONS ?= 600
 DEMO_LAUNCH = $(PY) launchers/submit_pretrain.py --cluster local --nodes 1 --gpus-per-node 2 \
-	--config-file configs/train/tiny_cpu.yaml
+	--config-file configs/train/small_cpu.yaml train.batch_size_per_gpu=8 train.OFFICIAL_EPOCH_LENGTH=100 \
+	checkpointing.period=100 evaluation.eval_period_iterations=0
 
 .PHONY: install demo demo-real test lint clean
 
@@ -30,8 +36,9 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) tools/build_dataset.py --source phantom --out $(DEMO_DIR)/data --no-progress
-	$(DEMO_LAUNCH) --output-dir $(DEMO_DIR)/pretrain train.dataset_path=$(DEMO_DIR)/data:train
+	$(PY) tools/build_dataset.py --source phantom --num-samples 300 --out $(DEMO_DIR)/data --no-progress
+	$(DEMO_LAUNCH) --output-dir $(DEMO_DIR)/pretrain train.dataset_path=$(DEMO_DIR)/data:train \
+		optim.epochs=$$(($(DEMO_ITERATIONS) / 100))
 
 # HC18 has no class labels: `--task hc-terciles` labels the head circumference in terciles (small / medium /
 # large head, edges from the train split), which the linear probe and kNN must read off the frozen features.
@@ -39,7 +46,8 @@ demo-real: install
 	@test -d $(HC18) || { echo "make demo-real needs HC18 in $(HC18) (Zenodo 1327317); try make demo"; exit 2; }
 	$(PY) tools/build_dataset.py --source hc18 --task hc-terciles --root $(HC18) --out $(DEMO_REAL_DIR)/data \
 		--workers 2 --no-progress
-	$(DEMO_LAUNCH) --output-dir $(DEMO_REAL_DIR)/pretrain train.dataset_path=$(DEMO_REAL_DIR)/data:train,unlabelled
+	$(DEMO_LAUNCH) --output-dir $(DEMO_REAL_DIR)/pretrain train.dataset_path=$(DEMO_REAL_DIR)/data:train,unlabelled \
+		optim.epochs=$$(($(DEMO_REAL_ITERATIONS) / 100))
 
 # The SLURM tests (tests/launchers, marked slurm) run on a local two-node cluster that this starts and,
 # through a trap, always stops (launchers/with_local_slurm.sh); without it they skip, saying why.

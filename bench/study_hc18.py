@@ -3,8 +3,10 @@
 Does the project's own chain, with its own commands:
 1. curate: `tools/build_dataset.py --source hc18 --task hc-terciles` (head-size terciles from the train
    split, subjects never straddle splits) and `--source fpdb --task brain-planes` (the 57 local images);
-2. pretrain: `tools/train.py` on HC18 train + unlabelled + the FPDB images (no HC18 val/test image is
-   seen), exporting the teacher every `--eval-every` iterations;
+2. pretrain: `tools/train.py` with the preset `configs/train/small_cpu.yaml` (or, `--recipe dinov3`, that
+   preset with the official self-distillation knobs) on HC18 train + unlabelled + the FPDB images (no
+   HC18 val/test image is seen), exporting the teacher every `--eval-every` iterations; the schedule's
+   unit is `--epoch-length`, so how often it is evaluated does not change the recipe;
 3. evaluate every export and a random initialisation of the same architecture: linear probe and kNN
    on the head-size terciles (train -> best head on val -> test) and the dense linear probe on the
    HC18 head masks (Dice);
@@ -41,21 +43,18 @@ from dinov3_us.eval.predictions import load_predictions  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PY = sys.executable
-# Pretraining recipes on top of configs/train/tiny_cpu.yaml (the README's study section says why two).
+PRESET = REPO / "configs" / "train" / "small_cpu.yaml"
+# Pretraining recipes: the small-data preset as shipped (configs/train/small_cpu.yaml, whose knobs
+# bench/bench_selfdistill_onset.py and the README's "When self-distillation starts" explain), or that
+# preset with the official DINOv3 self-distillation choices put back.
 RECIPES = {
-    # the official DINOv3 choices, scaled to the pool: plain prototype layer (frozen for the first
-    # "epoch"), teacher temperature 0.04 -> 0.07, LayerScale 1e-5; its DINO/iBOT terms stay at log K here
-    "dinov3": ["optim.warmup_epochs=1", "teacher.warmup_teacher_temp_epochs=1", "dino.head_n_prototypes=1024",
-               "ibot.head_n_prototypes=1024", "optim.lr=0.002", "optim.scaling_rule=none",
-               "teacher.momentum_teacher=0.99", "teacher.final_momentum_teacher=1.0"],
-    # for ~950 look-alike images and a CPU budget: unit-norm (cosine) prototypes, a teacher temperature
-    # of 0.01 that turns the small image-to-image differences into informative targets, 128 prototypes,
-    # LayerScale 0.1 so that the blocks contribute from the first step, a lower learning rate
-    "small-data": ["optim.warmup_epochs=1", "teacher.warmup_teacher_temp_epochs=1", "dino.head_n_prototypes=128",
-                   "ibot.head_n_prototypes=128", "dino.head_norm_last_layer=true", "ibot.head_norm_last_layer=true",
-                   "optim.freeze_last_layer_epochs=0", "teacher.warmup_teacher_temp=0.01", "teacher.teacher_temp=0.01",
-                   "student.layerscale=0.1", "optim.lr=0.0005", "optim.scaling_rule=none",
-                   "teacher.momentum_teacher=0.99", "teacher.final_momentum_teacher=1.0"],
+    # plain prototype layer (frozen for the first epoch), teacher temperature 0.04 -> 0.07, LayerScale 1e-5,
+    # K = 1,024, lr 2e-3: its DINO/iBOT terms stay at ln K here
+    "dinov3": ["dino.head_n_prototypes=1024", "ibot.head_n_prototypes=1024", "dino.head_norm_last_layer=false",
+               "ibot.head_norm_last_layer=false", "optim.freeze_last_layer_epochs=1",
+               "teacher.warmup_teacher_temp=0.04", "teacher.teacher_temp=0.07", "student.layerscale=1.0e-05",
+               "optim.lr=0.002"],
+    "small-data": [],
 }
 # (evaluation folder, metric, row key) of the paired comparisons with the random initialisation
 PAIRED = [("eval_linear", "weighted_f1", "linear_weighted_f1"), ("eval_knn", "weighted_f1", "knn_weighted_f1"),
@@ -83,17 +82,21 @@ def curate(out: Path, log: Path) -> tuple[Path, Path]:
     return hc18, fpdb
 
 
+def pretrain_overrides(args, hc18: Path, fpdb: Path) -> list[str]:
+    """The study's overrides of the preset: data, size, budget and schedule, then the recipe and --set."""
+    return [f"train.dataset_path={hc18}:train,unlabelled;{fpdb}", f"student.arch={args.arch}",
+            f"train.batch_size_per_gpu={args.batch_size}", f"train.OFFICIAL_EPOCH_LENGTH={args.epoch_length}",
+            f"optim.epochs={args.iterations // args.epoch_length}",
+            f"evaluation.eval_period_iterations={args.eval_every}", f"checkpointing.period={args.eval_every}",
+            f"train.num_workers={args.workers}", "train.log_period=20",
+            *RECIPES[args.recipe], *args.set]
+
+
 def pretrain(args, out: Path, hc18: Path, fpdb: Path, log: Path) -> float:
     """Run (or resume) the pretraining; returns its wall time in seconds."""
     start = time.perf_counter()
-    run([PY, "tools/train.py", "--config-file", str(REPO / "configs/train/tiny_cpu.yaml"),
-         "--output-dir", str(out / "pretrain"),
-         f"train.dataset_path={hc18}:train,unlabelled;{fpdb}",
-         f"student.arch={args.arch}", "student.patch_size=8", "crops.global_crops_size=64",
-         "crops.local_crops_size=32", "crops.local_crops_number=4", f"train.batch_size_per_gpu={args.batch_size}",
-         f"train.OFFICIAL_EPOCH_LENGTH={args.eval_every}", f"optim.epochs={args.iterations // args.eval_every}",
-         f"evaluation.eval_period_iterations={args.eval_every}", f"checkpointing.period={args.eval_every}",
-         "train.log_period=20", f"train.num_workers={args.workers}", *RECIPES[args.recipe], *args.set], log)
+    run([PY, "tools/train.py", "--config-file", str(PRESET), "--output-dir", str(out / "pretrain"),
+         *pretrain_overrides(args, hc18, fpdb)], log)
     return time.perf_counter() - start
 
 
@@ -182,7 +185,10 @@ def main() -> int:
     """Curate, pretrain, evaluate, report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=2400)
-    parser.add_argument("--eval-every", type=int, default=300)
+    parser.add_argument("--eval-every", type=int, default=300, help="export and evaluate every N iterations")
+    parser.add_argument("--epoch-length", type=int, default=300,
+                        help="train.OFFICIAL_EPOCH_LENGTH: the unit of the recipe's warm-ups (independent of "
+                             "--eval-every, so evaluating more or less often does not change the recipe)")
     parser.add_argument("--arch", default="vit_tiny")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
@@ -198,8 +204,8 @@ def main() -> int:
     if not (SHARED / "hc18").is_dir():
         print(f"{SHARED / 'hc18'} is absent: this study needs the real HC18 data", file=sys.stderr)
         return 2
-    if args.iterations % args.eval_every:
-        parser.error("--iterations must be a multiple of --eval-every")
+    if args.iterations % args.eval_every or args.iterations % args.epoch_length:
+        parser.error("--iterations must be a multiple of --eval-every and of --epoch-length")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "study.log"
@@ -216,7 +222,8 @@ def main() -> int:
     plot(rows, out / "pretrain" / "training_metrics.jsonl", figure)
     result = {"benchmark": "study_hc18", "command": "python bench/study_hc18.py " + " ".join(sys.argv[1:]),
               "arch": args.arch, "iterations": args.iterations, "batch_size": args.batch_size,
-              "recipe": args.recipe, "overrides": RECIPES[args.recipe] + args.set,
+              "recipe": args.recipe, "preset": str(PRESET.relative_to(REPO)),
+              "overrides": RECIPES[args.recipe] + args.set,
               "pretrain_wall_seconds": round(seconds, 1), "cores": os.cpu_count(), "machine": platform.machine(),
               "data": "HC18 (CC BY 4.0) hc-terciles + head masks; pretraining pool HC18 train+unlabelled and 57 "
                       "FETAL_PLANES_DB images (CC BY 4.0)",
