@@ -206,9 +206,10 @@ def train(job: dict, args, out: Path) -> dict:
         print(f"  done {job['dataset']}/{job['name']} in {time.perf_counter() - start:.0f} s", flush=True)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     k = cfg["dino"]["head_n_prototypes"]
+    wall = run_dir / "wall_seconds.txt"
     return {"dataset": job["dataset"], "variant": job["name"], "what": job["what"], "K": k,
             "teacher_temp": cfg["teacher"]["teacher_temp"], "cosine_prototypes": cfg["dino"]["head_norm_last_layer"],
-            "overrides": job["overrides"],
+            "overrides": job["overrides"], "wall_seconds": float(wall.read_text()) if wall.exists() else None,
             **summarise(read_log(metrics), k, cfg["optim"]["warmup_epochs"] * cfg["train"]["OFFICIAL_EPOCH_LENGTH"])}
 
 
@@ -330,7 +331,8 @@ def main() -> int:
         "iterations": args.iterations, "epoch_length": args.epoch_length, "seed": args.seed, "onset_threshold": ONSET,
         "started_threshold": STARTED,
         "base_overrides": None if args.presets else BASE, "scale_down": SCALE_DOWN if args.presets else None,
-        "wall_seconds": round(time.perf_counter() - start, 1), "cores": os.cpu_count(),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "run_seconds_total": round(sum(r["wall_seconds"] or 0.0 for r in rows), 1), "cores": os.cpu_count(),
         "machine": platform.machine(), "rows": rows}, indent=1) + "\n")
     print(f"wrote {results} and {results.with_suffix('.png')}")
     return 0
