@@ -63,7 +63,13 @@ def test_two_node_chain_runs_to_results_and_every_job_completes(slurm_chain):
         results = json.loads((out / "eval" / name / "results.json").read_text())
         assert results["task"] == name and results["n"]["test"] > 0 and 0 <= results["metrics"]["weighted_f1"] <= 1
         assert results["weights"]["path"] == str(out / "teacher.pth")
-    assert (out / "eval" / "comparison.md").read_text().count("| linear") == 1
+    report = (out / "eval" / "comparison.md").read_text()
+    # one row in the results table, one in the table against the random initialisation of the same architecture
+    assert report.count("| linear") == 2 and "Against a random initialisation of the same architecture" in report
+    for name in ("linear", "knn"):
+        baseline = json.loads((out / "eval" / name / "baseline_random" / "results.json").read_text())
+        assert baseline["weights"]["kind"] == "random"
+        assert baseline["weights"]["architecture_of"] == str(out / "teacher.pth")
     assert "Report: " + str(out / "eval" / "comparison.md") in proc.stdout
     assert re.search(r"pretrain \(job \d+\): COMPLETED", proc.stdout)
 
