@@ -11,7 +11,8 @@ TORCH_PIN ?= torch==2.13.0
 # also on a random initialisation of the same architecture (paired difference, chance level), through the same
 # launcher as a cluster run (--cluster local). make demo-real: the same on HC18 from ../shared/data.
 # The recipe is configs/train/small_cpu.yaml (the small-data knobs; README "When self-distillation starts")
-# at a global batch of 16 (2 processes x 8), 100-iteration epochs.
+# at a global batch of 16 (2 processes x 8), 100-iteration epochs; the self-distillation alarm after 60 stalled
+# iterations past the warm-up, so that a demo that does not learn says so.
 DEMO_DIR ?= runs/demo
 DEMO_REAL_DIR ?= runs/demo-real
 HC18 ?= ../shared/data/hc18
@@ -19,7 +20,7 @@ DEMO_ITERATIONS ?= 200
 DEMO_REAL_ITERATIONS ?= 600
 DEMO_LAUNCH = $(PY) launchers/submit_pretrain.py --cluster local --nodes 1 --gpus-per-node 2 \
 	--config-file configs/train/small_cpu.yaml train.batch_size_per_gpu=8 train.OFFICIAL_EPOCH_LENGTH=100 \
-	checkpointing.period=100 evaluation.eval_period_iterations=0
+	checkpointing.period=100 evaluation.eval_period_iterations=0 train.selfdistill_alarm_iterations=60
 
 .PHONY: install demo demo-real test lint clean
 
