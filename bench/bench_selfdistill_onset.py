@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -48,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dinov3_us.configs import load_config  # noqa: E402
+from dinov3_us.train.monitor import dino_loss_ratio  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PY = sys.executable
@@ -160,11 +160,6 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def dino_ratio(record: dict, k: int) -> float:
-    terms = [record[t] for t in ("dino_global_crops_loss", "dino_local_crops_loss") if t in record]
-    return sum(terms) / len(terms) / math.log(k)
-
-
 def summarise(log: list[dict], k: int, start: int) -> dict:
     """First logged iteration at or after `start` (the end of the lr warm-up, as for the alarm) below each
     threshold (None: never within the budget), and the values at the end (mean of the last five logs).
@@ -172,7 +167,7 @@ def summarise(log: list[dict], k: int, start: int) -> dict:
     Before the warm-up ends a fresh teacher can look anything but uniform (softmax centring with an
     untrained centre at a low temperature gives one-hot targets at iteration 0): that is not a start.
     """
-    ratio = [(r["iteration"], dino_ratio(r, k)) for r in log if r["iteration"] >= start]
+    ratio = [(r["iteration"], dino_loss_ratio(r, k)) for r in log if r["iteration"] >= start]
     entropy = [(r["iteration"], r["target_entropy"]) for r in log if r["iteration"] >= start]
 
     def onset(series, threshold):
@@ -181,11 +176,11 @@ def summarise(log: list[dict], k: int, start: int) -> dict:
     tail = log[-5:]
     return {"entropy_started": onset(entropy, STARTED), "entropy_onset": onset(entropy, ONSET),
             "loss_started": onset(ratio, STARTED), "loss_onset": onset(ratio, ONSET),
-            "final_dino_loss_ratio": sum(dino_ratio(r, k) for r in tail) / len(tail),
+            "final_dino_loss_ratio": sum(dino_loss_ratio(r, k) for r in tail) / len(tail),
             "final_target_entropy": sum(r["target_entropy"] for r in tail) / len(tail),
             "min_target_entropy": min(v for _, v in entropy) if entropy else None,
             "final_teacher_logit_std": sum(r.get("teacher_logit_std", float("nan")) for r in tail) / len(tail),
-            "curve": [{"iteration": r["iteration"], "dino_loss_ratio": round(dino_ratio(r, k), 4),
+            "curve": [{"iteration": r["iteration"], "dino_loss_ratio": round(dino_loss_ratio(r, k), 4),
                        "target_entropy": round(r["target_entropy"], 4),
                        "teacher_logit_std": round(r.get("teacher_logit_std", float("nan")), 4)} for r in log]}
 
@@ -297,7 +292,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def main() -> int:
     """Run the variants (or the presets), print the table, write JSON and figure."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", choices=("hc18", "phantom"), default=["hc18", "phantom"])
+    p.add_argument("--datasets", nargs="+", choices=("hc18", "phantom"),
+                   help="default: hc18 and phantom (with --presets: hc18)")
     p.add_argument("--only", nargs="+", choices=list(VARIANTS),
                    help="run these variants only (default: all on HC18, a subset on the phantom)")
     p.add_argument("--presets", action="store_true", help="run configs/train/*.yaml scaled down instead")
@@ -309,6 +305,7 @@ def main() -> int:
     p.add_argument("--output-dir", help="default: runs/selfdistill_onset[_presets]")
     p.add_argument("--results", help="default: bench/results/selfdistill_onset[_presets].json (figure beside it)")
     args = p.parse_args()
+    args.datasets = args.datasets or (["hc18"] if args.presets else ["hc18", "phantom"])
     if args.iterations % args.epoch_length:
         p.error("--iterations must be a multiple of --epoch-length")
     if "hc18" in args.datasets and not (SHARED / "hc18").is_dir():

@@ -3,6 +3,8 @@
     python launchers/status.py runs/vitb16            # one look: the jobs table (and the report when done)
     python launchers/status.py runs/vitb16 --wait     # follow until every job ended; exit 0 if all COMPLETED
 
+Under the table, the pretraining's progress from its training_metrics.jsonl: iteration, rate, ETA, the
+DINO loss in units of ln K, and a WARNING while the self-distillation alarm is on.
 A job whose parent failed is reported as cancelled (and cancelled, should SLURM not have done it).
 Exit codes: 0 all completed (or still running without --wait), 1 a job failed or was cancelled,
 2 no jobs.json in that folder.

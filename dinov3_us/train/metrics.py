@@ -15,6 +15,11 @@ _CONSOLE_KEYS = ("total_loss", "dino_local_crops_loss", "dino_global_crops_loss"
                  "gram_loss", "lr")
 
 
+def format_eta(seconds: float) -> str:
+    """`HH:MM:SS` below a day, else hours (`31 h`)."""
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 3600:.0f} h"
+
+
 def truncate_jsonl(path: Path, first_iteration: int) -> int:
     """Drop lines logged at `iteration >= first_iteration` (they are redone after a resume); returns lines kept."""
     if not path.exists():
@@ -65,7 +70,7 @@ class MetricLogger:
         parts = [f"{k} {metrics[k]:.4g}" for k in _CONSOLE_KEYS if k in metrics]
         rate = metrics.get("images_per_second", 0.0)
         logger.info("it %d/%d  %s  %.1f img/s  ETA %s", iteration + 1, self.total, "  ".join(parts), rate,
-                    time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.0f} h")
+                    format_eta(eta))
 
     def close(self) -> None:
         """Flush and close TensorBoard."""
@@ -101,8 +106,7 @@ def progress_line(run_dir: str | Path) -> str | None:
     if "images_per_second" in last:
         parts.append(f"{last['images_per_second']:.1f} img/s")
     if "eta_seconds" in last and done != total:
-        eta = float(last["eta_seconds"])
-        parts.append("ETA " + (time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 3600:.0f} h"))
+        parts.append("ETA " + format_eta(float(last["eta_seconds"])))
     if "dino_loss_ratio" in last:
         parts.append(f"DINO loss {last['dino_loss_ratio']:.3f} ln K")
     line = ", ".join(parts)
