@@ -134,8 +134,8 @@ class SelfDistillationWatch:
         spread = (f"; the teacher's logits differ by only {float(metrics['teacher_logit_std']):.3g} T across the batch"
                   if "teacher_logit_std" in metrics else "")
         return (f"self-distillation has not started after {iteration + 1} iterations: for the last "
-                f"{stalled_for} iterations the DINO loss has stayed at {ratio:.3f} ln K and the targets at {entropy:.3f} of the uniform "
-                f"entropy{spread}, so only KoLeo makes the loss fall. What decides it "
+                f"{stalled_for} iterations the DINO loss has stayed at {ratio:.3f} ln K and the targets at "
+                f"{entropy:.3f} of the uniform entropy{spread}, so only KoLeo makes the loss fall. What decides it "
                 "(bench/bench_selfdistill_onset.py): " + DECISIVE_KNOBS)
 
     def state_dict(self) -> dict:
