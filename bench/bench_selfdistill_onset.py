@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +44,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from study_hc18 import run  # noqa: E402  (bench/ is this script's folder)
 
 from dinov3_us.configs import load_config  # noqa: E402
 from dinov3_us.train.monitor import dino_loss_ratio  # noqa: E402
@@ -111,15 +112,6 @@ SCALE_DOWN = ["student.arch=vit_test", "student.patch_size=8", "student.n_storag
               "crops.local_crops_number=2", "train.batch_size_per_gpu=16", "compute_precision.param_dtype=fp32",
               "dino.head_hidden_dim=512", "ibot.head_hidden_dim=512", "train.compile=false",
               "train.checkpointing=false"]
-
-
-def run(cmd: list[str], log: Path, threads: int) -> None:
-    """Run a project command, output appended to `log`; raise with the log's tail on failure."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    with log.open("a") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n" + log.read_text()[-3000:])
 
 
 def curate(name: str, out: Path) -> str:
@@ -189,8 +181,8 @@ def train(job: dict, args, out: Path) -> dict:
     """One short pretraining (reused when its log is complete); returns its summary row."""
     run_dir = out / "runs" / job["dataset"] / job["name"]
     metrics = run_dir / "training_metrics.jsonl"
-    last = args.iterations - 1
-    if not (metrics.exists() and read_log(metrics) and read_log(metrics)[-1]["iteration"] >= last):
+    log = read_log(metrics) if metrics.exists() else []
+    if not log or log[-1]["iteration"] < args.iterations - 1:
         start = time.perf_counter()
         run_dir.mkdir(parents=True, exist_ok=True)
         run([PY, "tools/train.py", "--config-file", job["config"], "--output-dir", str(run_dir),
@@ -199,13 +191,14 @@ def train(job: dict, args, out: Path) -> dict:
              f"train.seed={args.seed}"], run_dir / "bench.log", args.threads)
         (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
         print(f"  done {job['dataset']}/{job['name']} in {time.perf_counter() - start:.0f} s", flush=True)
+        log = read_log(metrics)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     k = cfg["dino"]["head_n_prototypes"]
     wall = run_dir / "wall_seconds.txt"
     return {"dataset": job["dataset"], "variant": job["name"], "what": job["what"], "K": k,
             "teacher_temp": cfg["teacher"]["teacher_temp"], "cosine_prototypes": cfg["dino"]["head_norm_last_layer"],
             "overrides": job["overrides"], "wall_seconds": float(wall.read_text()) if wall.exists() else None,
-            **summarise(read_log(metrics), k, cfg["optim"]["warmup_epochs"] * cfg["train"]["OFFICIAL_EPOCH_LENGTH"])}
+            **summarise(log, k, cfg["optim"]["warmup_epochs"] * cfg["train"]["OFFICIAL_EPOCH_LENGTH"])}
 
 
 def jobs_for(args, out: Path) -> list[dict]:

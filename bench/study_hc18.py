@@ -61,11 +61,13 @@ PAIRED = [("eval_linear", "weighted_f1", "linear_weighted_f1"), ("eval_knn", "we
           ("eval_segmentation", "dice", "dice")]
 
 
-def run(cmd: list[str], log: Path) -> None:
-    """Run a project command, its output appended to `log`; raise with the log's tail on failure."""
+def run(cmd: list[str], log: Path, threads: int | None = None) -> None:
+    """Run a project command, its output appended to `log` (`threads`: its OMP_NUM_THREADS); raise with the
+    log's tail on failure."""
     print("$", " ".join(cmd), flush=True)
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     with log.open("a") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
 

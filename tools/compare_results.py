@@ -7,9 +7,9 @@ Prints the table and writes OUT/comparison.md and OUT/comparison.png (OUT defaul
 folder). Where every run folder holds a predictions.csv, and the runs are not different evaluations
 of one backbone, a second table compares each run with the first on the same test samples (paired
 bootstrap over patients: the difference, its 95% CI and the share of replicates where the run does
-not beat the first). Runs evaluated with
-`report.baseline=random` add a table against their random initialisation and the chance level.
-Arguments may also be run folders holding a results.json. Exit code 2 on an unreadable file.
+not beat the first). Runs evaluated with `report.baseline=random` add a table against their
+random initialisation and the chance level. Arguments may also be run folders holding a
+results.json. Exit code 2 on an unreadable file.
 """
 
 import argparse
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     table = compare_markdown(runs)
-    if any(r.get("vs_random") for r in runs):
-        table += "\n" + versus_random_markdown(runs)
+    if against_random := versus_random_markdown(runs):
+        table += "\n" + against_random
     one_backbone = len({r.get("weights", {}).get("sha256") for r in runs}) == 1
     if one_backbone and len({r["task"] for r in runs}) > 1:
         print("no paired comparison: the runs are different evaluations of one backbone", file=sys.stderr)

@@ -185,20 +185,22 @@ def build_random(
     kwargs = RELEASED_KWARGS | dict(
         embed_dim=embed_dim, depth=depth, num_heads=num_heads, in_chans=in_chans or 1, img_size=img_size
     )
+    return kwargs, _seeded_model(kwargs, seed, **model_kwargs)
+
+
+def _seeded_model(kwargs: dict, seed: int, **model_kwargs) -> DinoVisionTransformer:
+    """`DinoVisionTransformer(**kwargs)` initialised from `seed`, leaving the global RNG untouched."""
     model = DinoVisionTransformer(**kwargs, **model_kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.init_weights()
-    return kwargs, model
+    return model
 
 
 def random_like(backbone: EvalBackbone, seed: int = 0, attention_backend: str = "auto",
                 **model_kwargs) -> EvalBackbone:
     """A random initialisation of exactly `backbone`'s architecture (the baseline a pretraining must beat)."""
-    model = DinoVisionTransformer(**backbone.arch, **model_kwargs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.init_weights()
+    model = _seeded_model(backbone.arch, seed, **model_kwargs)
     model.set_attention_backend(attention_backend)
     model.eval()
     info = {"seed": seed, "architecture_of": backbone.weights}

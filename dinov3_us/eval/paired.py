@@ -20,7 +20,7 @@ import numpy as np
 from dinov3_us.errors import DataError
 from dinov3_us.eval.metrics import chance_levels, scores_from_confusion
 from dinov3_us.eval.predictions import load_predictions, prediction_columns
-from dinov3_us.eval.report import run_label
+from dinov3_us.eval.report import chance_text, run_label
 
 PER_SAMPLE_METRICS = ("dice", "iou")  # segmentation: the mean of a per-image value
 
@@ -141,8 +141,7 @@ def versus_random_markdown(runs: list[dict]) -> str:
              "(uniform guess / majority class) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         v = r["vs_random"]
-        chance = v.get("chance")
         lines.append(f"| {run_label(r)} | {v['metric']} | {v['b']:.3f} | {v['a']:.3f} | {v['difference']:+.3f} "
                      f"[{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}] | {v['p_not_better']:.3f} | "
-                     + (f"{chance['uniform_guess']:.3f} / {chance['majority_class']:.3f}" if chance else "-") + " |")
+                     f"{chance_text(v.get('chance'), 3)} |")
     return "\n".join(lines) + "\n"

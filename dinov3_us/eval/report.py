@@ -134,6 +134,11 @@ def _metrics_md(metrics: dict) -> list[str]:
     return lines
 
 
+def chance_text(chance: dict | None, digits: int) -> str:
+    """`uniform guess / majority class` of a `vs_random["chance"]`, or "-" (segmentation has none)."""
+    return f"{chance['uniform_guess']:.{digits}f} / {chance['majority_class']:.{digits}f}" if chance else "-"
+
+
 def summary_markdown(results: dict) -> str:
     """A human-readable report of one run."""
     w = results.get("weights", {})
@@ -151,13 +156,11 @@ def summary_markdown(results: dict) -> str:
         lines.append("- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in results["timing"].items()))
     if results.get("vs_random"):
         v = results["vs_random"]
-        chance = v.get("chance")
         lines += ["", f"## Against a random initialisation of the same architecture ({v['test_set']})", "",
                   f"| {v['metric']} | this backbone | random init | difference [95% CI] | P(not better) | "
                   "chance: uniform guess / majority class |", "|---|---|---|---|---|---|",
                   f"| test | {v['b']:.4f} | {v['a']:.4f} | {v['difference']:+.4f} [{v['ci'][0]:+.4f}, "
-                  f"{v['ci'][1]:+.4f}] | {v['p_not_better']:.3f} | "
-                  + (f"{chance['uniform_guess']:.4f} / {chance['majority_class']:.4f}" if chance else "-") + " |",
+                  f"{v['ci'][1]:+.4f}] | {v['p_not_better']:.3f} | {chance_text(v.get('chance'), 4)} |",
                   "", f"Paired bootstrap of the difference on the same {v['n_samples']} test samples, "
                   f"{v['n_groups']} patients resampled ({v['replicates']} replicates); the random initialisation's "
                   "own report is in baseline_random/."]
