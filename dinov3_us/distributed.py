@@ -121,8 +121,15 @@ def all_reduce_max(value: float) -> float:
     """Maximum of a float over all ranks (the value itself without a process group)."""
     if not is_enabled():
         return value
-    t = torch.tensor([value], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
     return float(all_reduce_(t, "max").item())
+
+
+def collective_device(device: torch.device | None = None) -> torch.device:
+    """Where a collective's tensors must live: `device` (default: the current GPU) under NCCL, else the CPU."""
+    if is_enabled() and dist.get_backend() == "nccl":
+        return device if device is not None else torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 # ------------------------------------------------------------------ collectives (no-ops without a group)

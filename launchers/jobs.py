@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dinov3_us.fileio import write_json_atomic
 from dinov3_us.train.metrics import progress_line
 
 logger = logging.getLogger("dinov3_us")
@@ -68,9 +69,7 @@ class JobsFile:
 
     def _write(self, data: dict[str, Any]) -> None:
         data["updated"] = now()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, data)
 
     def write(self, data: dict[str, Any]) -> None:
         """Replace the whole file."""

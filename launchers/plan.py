@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from dinov3_us.configs import Config, load_config
+from dinov3_us.configs.config import flatten
 from dinov3_us.data.shards import load_manifest, parse_dir_spec, resolve_shards
 from dinov3_us.errors import DinoUSError
 from launchers.common import LaunchError, Resources, partition_gpus
@@ -30,7 +31,6 @@ EVAL_TOOLS = {"linear": "eval_linear.py", "knn": "eval_knn.py", "finetune": "eva
               "segmentation": "eval_segmentation.py"}
 DEFAULT_EVAL_TASKS = ("linear", "knn")
 LABELLED_SPLITS = ("train", "val", "test")
-OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_.]+=")  # section.key=value
 
 
 @dataclass
@@ -197,19 +197,9 @@ def load_pretrain_config(config_file: str | None, overrides: list[str]) -> Confi
     return cfg
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_differences(old: dict, new: dict) -> list[str]:
     """`key: old -> new` for every key whose value differs between two resolved configs."""
-    a, b = _flatten(old or {}), _flatten(new)
+    a, b = flatten(old or {}), flatten(new)
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
             if a.get(k, "<absent>") != b.get(k, "<absent>")]
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dinov3_us.configs.config import split_overrides  # noqa: E402
 from launchers.common import ClusterOptions, Resources, add_cluster_args, resolve_cluster  # noqa: E402
 from launchers.launch import Launch, plan_and_execute  # noqa: E402
 from launchers.plan import (  # noqa: E402
-    OVERRIDE_RE,
     abspath,
     add_eval_args,
     check_output_dir,
@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     words = sys.argv[1:] if argv is None else argv
     args.command_line = shlex.join(["python", "launchers/submit_pretrain.py", *words])
     if args.eval_config:
-        moved = [e for e in args.eval_config if OVERRIDE_RE.match(e)]
-        args.eval_config = [e for e in args.eval_config if not OVERRIDE_RE.match(e)] or None
+        eval_configs, moved = split_overrides(args.eval_config)
+        args.eval_config = eval_configs or None
         args.overrides = [*args.overrides, *moved]
     return args
 

@@ -36,33 +36,15 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
+from dinov3_us.distributed import get_rank, get_world_size, is_enabled
 from dinov3_us.errors import CheckpointError, ConfigError
+from dinov3_us.fileio import fsync_dir, fsync_file, write_atomic
 
 logger = logging.getLogger("dinov3_us")
 
 MARKER = "COMPLETE.json"
 TMP_PREFIX, TRASH_PREFIX = ".tmp-", ".trash-"
 _MAX_LISTED = 20
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _listing(keys: set[str]) -> str:
@@ -116,17 +98,17 @@ class CheckpointManager:
     @property
     def distributed(self) -> bool:
         """Whether torch.distributed is initialised (else a single process)."""
-        return dist.is_available() and dist.is_initialized()
+        return is_enabled()
 
     @property
     def rank(self) -> int:
         """Rank within the process group (0 for a single process)."""
-        return dist.get_rank(self.process_group) if self.distributed else 0
+        return get_rank(self.process_group)
 
     @property
     def world_size(self) -> int:
         """Size of the process group (1 for a single process)."""
-        return dist.get_world_size(self.process_group) if self.distributed else 1
+        return get_world_size(self.process_group)
 
     def _barrier(self) -> None:
         if self.distributed:
@@ -196,10 +178,8 @@ class CheckpointManager:
         error = None
         if rank_states is not None:
             try:
-                with open(tmp / f"rank{rank}.pt", "wb") as f:
-                    torch.save(local, f)
-                    f.flush()
-                    os.fsync(f.fileno())
+                torch.save(local, tmp / f"rank{rank}.pt")
+                fsync_file(tmp / f"rank{rank}.pt")
             except OSError as e:
                 error = f"{type(e).__name__}: {e}"
         if self.before_commit is not None:
@@ -219,15 +199,14 @@ class CheckpointManager:
         files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         info = {"iteration": iteration, "world_size": self.world_size, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "states": names, "rank_states": rank_names, "torch": torch.__version__, "files": files}
-        _write_synced(tmp / MARKER, json.dumps(info, indent=1).encode())
-        _fsync_dir(tmp)
+        write_atomic(tmp / MARKER, json.dumps(info, indent=1))  # fsyncs the marker and the folder
         trash = None
         if final.exists():
             logger.warning("Overwriting checkpoint %s", final)
             trash = self.ckpt_dir / f"{TRASH_PREFIX}{iteration}-{time.time_ns()}"
             os.replace(final, trash)
         os.replace(tmp, final)
-        _fsync_dir(self.ckpt_dir)
+        fsync_dir(self.ckpt_dir)
         if trash is not None:
             self._delete(trash)
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from dinov3_us.fileio import atomic_path, write_atomic
 
 logger = logging.getLogger("dinov3_us")
 
@@ -26,18 +27,6 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(module, options=options)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_backbone(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, arch: dict, **info) -> Path:
     """Write weights (`.pth`, or `.safetensors` if that is the suffix) and `<stem>.json` beside them."""
     path = Path(path)
@@ -45,10 +34,11 @@ def save_backbone(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, 
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
     else:
-        _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
-    meta = {"arch": arch, **info}
-    _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        with atomic_path(path) as tmp:
+            torch.save(tensors, tmp)
+    write_atomic(path.with_suffix(".json"), json.dumps({"arch": arch, **info}, indent=2))
     logger.info("wrote %s (%d tensors) and its architecture %s", path, len(tensors), path.with_suffix(".json").name)
     return path

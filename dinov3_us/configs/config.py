@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import tempfile
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from dinov3_us.errors import ConfigError
+from dinov3_us.fileio import write_atomic
 
 logger = logging.getLogger("dinov3_us")
 
@@ -104,15 +105,40 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def _flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{'section.key': value} of nested mappings (an empty mapping is kept as a value)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, dotted + "."))
+            out.update(flatten(value, dotted + "."))
         else:
             out[dotted] = value
     return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """The nested mapping of {'section.key': value} (inverse of `flatten`)."""
+    out: dict = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+OVERRIDE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_.]+=")  # section.key=value
+
+
+def split_overrides(values: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(other values, `section.key=value` overrides) of a command-line list, order kept in each.
+
+    An option with `nargs="+"` swallows the overrides written after it; this gives them back.
+    """
+    values = list(values)
+    return [v for v in values if not OVERRIDE_RE.match(v)], [v for v in values if OVERRIDE_RE.match(v)]
 
 
 def suggest_key(key: str, valid: Iterable[str]) -> str:
@@ -201,28 +227,17 @@ def parse_dotlist(overrides: Iterable[str]) -> dict[str, Any]:
     return flat
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    out: dict = {}
-    for dotted, value in flat.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def load_config(config_file: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
     """Build a run's config: defaults <- `config_file` <- `overrides` (`section.key=value`), validated."""
-    defaults = _flatten(read_yaml(DEFAULT_CONFIG_PATH))
+    defaults = flatten(read_yaml(DEFAULT_CONFIG_PATH))
     merged = dict(defaults)
     layers = []
     if config_file is not None:
-        layers.append(_flatten(read_yaml(config_file)))
+        layers.append(flatten(read_yaml(config_file)))
     layers.append(parse_dotlist(overrides))
     for layer in layers:
         merged.update(validate(layer, defaults))
-    return Config.wrap(_unflatten(merged))
+    return Config.wrap(unflatten(merged))
 
 
 def get_default_config() -> Config:
@@ -232,11 +247,6 @@ def get_default_config() -> Config:
 
 def write_config(cfg: Config, output_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved config to `output_dir/name` atomically (temp file, then rename)."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / name
-    with tempfile.NamedTemporaryFile("w", dir=output_dir, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(f.name, path)
+    path = write_atomic(Path(output_dir) / name, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     logger.info("wrote resolved config to %s", path)
     return path

@@ -26,12 +26,12 @@ import logging
 import os
 from collections import Counter
 
-import torch
 from torch.utils.data import DataLoader
 
 from dinov3_us.data.mixing import MixturePlan, mixture_shards
 from dinov3_us.data.shards import resolve_shards
 from dinov3_us.data.streaming import ShardStream, ShufflePlan
+from dinov3_us.distributed import get_rank, get_world_size
 from dinov3_us.errors import ConfigError, DataError
 
 logger = logging.getLogger("dinov3_us")
@@ -41,12 +41,6 @@ STATE_VERSION = 1
 
 def _passthrough(item):
     return item
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _digest(shards) -> str:
@@ -165,7 +159,7 @@ def make_data_loader(dataset, *, batch_size: int, num_workers: int = 0, transfor
         mode: PIL mode the PNGs are decoded to ('L' grayscale).
         multiprocessing_context: DataLoader multiprocessing context (default: the platform's).
     """
-    d_rank, d_world = _dist_rank_world()
+    d_rank, d_world = get_rank(), get_world_size()
     rank, world_size = (d_rank if rank is None else rank), (d_world if world_size is None else world_size)
     if weights is None:
         shards = resolve_shards(dataset)

@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 
-import torch
-
 from dinov3_us.data.augmentations import DataAugmentationDINO
 from dinov3_us.data.collate import collate_data_and_cast
 from dinov3_us.data.masking import MaskingGenerator
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from dinov3_us.dtypes import DTYPES
 
 
 def build_ssl_transform(cfg: Mapping) -> DataAugmentationDINO:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dinov3_us.dtypes import DTYPE_NAMES
 from dinov3_us.errors import CheckpointError, ConfigError
 from dinov3_us.hub import RELEASED_KWARGS
 from dinov3_us.models import ARCHS
@@ -32,7 +33,6 @@ logger = logging.getLogger("dinov3_us")
 HEADS_BY_DIM = {64: 2, 192: 3, 384: 6, 768: 12, 1024: 16, 1280: 20, 1536: 24, 4096: 32}
 CONTAINER_KEYS = ("teacher", "model", "state_dict")
 HEAD_PREFIXES = ("dino_head.", "ibot_head.")
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @dataclass

@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 import yaml
 
-from dinov3_us.configs.config import parse_dotlist, read_yaml, suggest_key, type_ok
+from dinov3_us.configs.config import flatten, parse_dotlist, read_yaml, suggest_key, type_ok
 from dinov3_us.errors import ConfigError
+from dinov3_us.fileio import write_atomic
 
 logger = logging.getLogger("dinov3_us")
 
@@ -223,17 +224,6 @@ def _coerce(value: Any, tp) -> tuple[bool, Any]:
     return type_ok(value, tp), value
 
 
-def _flatten(data: Mapping, problems: list[str]) -> dict[str, Any]:
-    """{'section.key': value} of a {section: {key: value}} mapping (non-mapping sections are problems)."""
-    flat = {}
-    for section, body in data.items():
-        if not isinstance(body, Mapping):
-            problems.append(f"{section}: expected a mapping of keys, got {body!r}")
-            continue
-        flat.update({f"{section}.{key}": value for key, value in body.items()})
-    return flat
-
-
 def schema() -> dict[str, Any]:
     """{'section.key': annotation} of every option."""
     out = {}
@@ -271,11 +261,12 @@ def load_eval_config(
     """defaults <- `config_file` <- `flags` ({'section.key': value}, None values skipped) <- `overrides`."""
     cfg = EvalConfig()
     if config_file is not None:
-        problems: list[str] = []
-        flat = _flatten(read_yaml(config_file), problems)
+        data = read_yaml(config_file)
+        problems = [f"{section}: expected a mapping of keys, got {body!r}" for section, body in data.items()
+                    if not isinstance(body, Mapping)]
         if problems:
             raise ConfigError(f"invalid evaluation configuration ({config_file}):\n  " + "\n  ".join(problems))
-        apply(cfg, flat, str(config_file))
+        apply(cfg, flatten({section: body for section, body in data.items() if body}), str(config_file))
     if flags:
         apply(cfg, {k: v for k, v in flags.items() if v is not None}, "command-line flags")
     apply(cfg, parse_dotlist(overrides), "command-line overrides")
@@ -284,9 +275,4 @@ def load_eval_config(
 
 def write_eval_config(cfg: EvalConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (a valid `--config-file` for a rerun)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -13,7 +13,6 @@ import argparse
 import datetime
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import dinov3_us
+from dinov3_us.configs.config import split_overrides
 from dinov3_us.distributed import DistInfo, destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError, DinoUSError
 from dinov3_us.eval.backbone import EvalBackbone, load_eval_backbone, random_like
@@ -48,9 +48,6 @@ FLAG_KEYS = {
     "num_workers": "data.num_workers",
     "cache_dir": "features.cache_dir",
 }
-
-
-OVERRIDE_RE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -81,8 +78,8 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     """
     args = parser.parse_intermixed_args(argv)
     if args.test_datasets:
-        moved = [v for v in args.test_datasets if OVERRIDE_RE.match(v)]
-        args.test_datasets = [v for v in args.test_datasets if not OVERRIDE_RE.match(v)] or None
+        test_datasets, moved = split_overrides(args.test_datasets)
+        args.test_datasets = test_datasets or None
         args.overrides = [*moved, *args.overrides]
     return args
 

@@ -29,7 +29,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dinov3_us.data.map_dataset import rank_indices
+from dinov3_us.distributed import collective_device, get_rank, get_world_size
 from dinov3_us.eval.data import EvalDataset
+from dinov3_us.fileio import atomic_path
 
 logger = logging.getLogger("dinov3_us")
 
@@ -57,13 +59,6 @@ class FeatureSet:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return FeatureSet({k: v[idx] for k, v in self.tensors.items()}, self.targets[idx.numpy()],
                           [self.groups[i] for i in idx.tolist()], [self.keys[i] for i in idx.tolist()], self.name)
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def gather_rows(local: Tensor, sizes: list[int], device: torch.device) -> Tensor:
@@ -125,7 +120,7 @@ def extract_features(
     With `cache_dir`, a file keyed by `model_id` (e.g. weights sha256 + architecture), the data and
     the preprocessing is read if present, else written by rank 0 after extraction.
     """
-    rank, world = dist_info()
+    rank, world = get_rank(), get_world_size()
     device = torch.device(device)
     what = {"n_blocks": n_blocks, "patch_blocks": patch_blocks, "masks": dataset.with_mask}
     path = None
@@ -163,7 +158,7 @@ def extract_features(
         row += len(x)
         bar.update(len(x))
     bar.close()
-    gather_device = device if _is_nccl() else torch.device("cpu")
+    gather_device = collective_device(device)
     tensors = {k: gather_rows(v, sizes, gather_device) for k, v in local.items()}
     seconds = time.perf_counter() - start
     logger.info("features of %s: %d samples in %.1f s (%.1f img/s)", name or dataset.spec, len(dataset), seconds,
@@ -171,20 +166,14 @@ def extract_features(
     info = {}
     if path is not None:
         if rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"tensors": tensors, "keys": list(dataset.keys), "spec": str(dataset.spec)}, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save({"tensors": tensors, "keys": list(dataset.keys), "spec": str(dataset.spec)}, tmp)
             logger.info("features cached in %s", path)
         info["cache_file"] = str(path)
         if world > 1:
             dist.barrier()
     return FeatureSet(tensors, dataset.targets.copy(), list(dataset.groups), list(dataset.keys), name, False,
                       seconds, info)
-
-
-def _is_nccl() -> bool:
-    return dist.is_initialized() and dist.get_backend() == "nccl"
 
 
 def linear_input(feats: dict[str, Tensor], n_blocks: int, avgpool: bool) -> Tensor:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -27,13 +26,15 @@ from tqdm import tqdm
 from dinov3_us.data.image_ops import hflip, match_channels, normalize, to_float_tensor
 from dinov3_us.data.map_dataset import rank_indices
 from dinov3_us.data.transforms import RandomResizedCrop
+from dinov3_us.distributed import collective_device, get_rank, get_world_size
 from dinov3_us.errors import ConfigError, DataError
 from dinov3_us.eval.config import FinetuneConfig
 from dinov3_us.eval.data import EvalDataset
-from dinov3_us.eval.features import dist_info, gather_rows
+from dinov3_us.eval.features import gather_rows
 from dinov3_us.eval.linear import class_weights
 from dinov3_us.eval.metrics import batched_scores
 from dinov3_us.train.param_groups import apply_optim_scheduler, fuse_params_groups, get_params_groups_with_decay
+from dinov3_us.train.schedules import cosine_schedule
 
 logger = logging.getLogger("dinov3_us")
 
@@ -106,7 +107,7 @@ class FinetuneResult:
 @torch.no_grad()
 def predict(model: nn.Module, ds: EvalDataset, *, batch_size: int, device, num_workers: int = 0) -> np.ndarray:
     """Class predictions [N] of every sample (each rank predicts its share; gathered in order)."""
-    rank, world = dist_info()
+    rank, world = get_rank(), get_world_size()
     sizes = [len(rank_indices(len(ds), r, world)) for r in range(world)]
     mine = list(rank_indices(len(ds), rank, world))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(PlainSplit(ds), mine), batch_size=batch_size,
@@ -116,16 +117,8 @@ def predict(model: nn.Module, ds: EvalDataset, *, batch_size: int, device, num_w
     out = [model(x.to(device)).argmax(-1).cpu() for x, _ in loader]
     model.train(was_training)
     local = torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-    gather_device = device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
+    gather_device = collective_device(device)
     return gather_rows(local, sizes, gather_device).numpy()
-
-
-def lr_at(step: int, total: int, warmup: int, base: float, floor: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine from `base` to `floor`."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
 
 
 def _optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -150,9 +143,12 @@ def train_finetune(
     progress: bool = False,
 ) -> FinetuneResult:
     """Fine-tune `backbone` + a new head on `train`; early-stop on `val`; return the best-val model."""
-    rank, world = dist_info()
+    rank, world = get_rank(), get_world_size()
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError(f"finetune.epochs and batch_size must be >= 1, got {cfg.epochs}, {cfg.batch_size}")
+    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+        raise ConfigError(f"finetune.warmup_epochs must be within [0, finetune.epochs={cfg.epochs}], "
+                          f"got {cfg.warmup_epochs}")
     if len(train) < world:
         raise DataError(f"{train.spec}: {len(train)} train samples for {world} processes")
     if len(cfg.crop_scale) != 2 or not 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1:
@@ -170,6 +166,8 @@ def train_finetune(
     iters = math.ceil(per_rank / cfg.batch_size)
     total, warmup = cfg.epochs * iters, cfg.warmup_epochs * iters
     base_lr = cfg.lr * (cfg.batch_size * world / 256 if cfg.scale_lr else 1.0)
+    # warm-up base/warmup, 2 base/warmup, ..., base (no step at lr 0), then cosine to min_lr
+    lrs = cosine_schedule(base_lr, cfg.min_lr, total, warmup, start_warmup_value=base_lr / max(warmup, 1))  # [total]
     weight = class_weights(train.targets, num_classes).to(device) if cfg.class_weighting else None
     best_score, best_epoch, best_state, stale, history, step = -math.inf, 0, None, 0, [], 0
     stopped = False
@@ -185,7 +183,7 @@ def train_finetune(
                                              num_workers=num_workers)
         losses = []
         for x, y in loader:
-            lr = lr_at(step, total, warmup, base_lr, cfg.min_lr)
+            lr = float(lrs[step])
             apply_optim_scheduler(optimizer, lr, cfg.weight_decay, lr)
             logits = net(x.to(device))
             loss = F.cross_entropy(logits, y.to(device), weight=weight, label_smoothing=cfg.label_smoothing)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dinov3_us.errors import DataError
+from dinov3_us.fileio import atomic_path
 
 CLASSIFICATION_COLUMNS = ("dataset", "key", "group", "target", "prediction", "target_name", "prediction_name")
 SEGMENTATION_COLUMNS = ("dataset", "key", "group", "dice", "iou")
@@ -40,12 +41,10 @@ def write_predictions(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write `rows` (all classification or all segmentation) as CSV, atomically."""
     path = Path(path)
     columns = SEGMENTATION_COLUMNS if rows and "dice" in rows[0] else CLASSIFICATION_COLUMNS
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return path
 
 

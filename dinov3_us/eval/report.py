@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dinov3_us.eval.predictions import write_predictions
+from dinov3_us.fileio import write_json_atomic
 
 logger = logging.getLogger("dinov3_us")
 
@@ -58,12 +59,7 @@ def safe_name(name: str) -> str:
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Write `data` as indented JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, data, default=_json_default)
 
 
 def _json_default(obj):

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from dinov3_us.dtypes import DTYPES
 from dinov3_us.layers import (
     LayerScale,
     LinearKMaskedBias,
@@ -37,7 +38,6 @@ NORM_LAYERS = {  # the official names and epsilons
     "layernormbf16": partial(nn.LayerNorm, eps=1e-5),
     "rmsnorm": RMSNorm,
 }
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _choice(name: str, value: str, table: dict):

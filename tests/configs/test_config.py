@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dinov3_us.configs import get_default_config, load_config, write_config
-from dinov3_us.configs.config import CHOICES, DEFAULT_CONFIG_PATH, LIST_ITEM_TYPES, NULLABLE_TYPES, _flatten
+from dinov3_us.configs.config import CHOICES, DEFAULT_CONFIG_PATH, LIST_ITEM_TYPES, NULLABLE_TYPES, flatten
 from dinov3_us.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_malformed_override_and_missing_file(tmp_path):
 
 
 def test_schema_tables_match_the_defaults():
-    defaults = _flatten(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()))
+    defaults = flatten(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()))
     nulls = {k for k, v in defaults.items() if v is None}
     assert nulls == set(NULLABLE_TYPES), "every null default needs a declared type, and only those"
     empty_lists = {k for k, v in defaults.items() if v == []}

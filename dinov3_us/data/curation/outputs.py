@@ -16,8 +16,9 @@ from pathlib import Path
 
 from dinov3_us.data.curation.dedup import to_hex
 from dinov3_us.data.curation.options import FORMAT_VERSION
-from dinov3_us.data.curation.writer import JOURNAL, write_atomic, write_json_atomic
+from dinov3_us.data.curation.writer import JOURNAL
 from dinov3_us.errors import DataError
+from dinov3_us.fileio import write_atomic, write_json_atomic
 
 MANIFEST = "manifest.json"
 HASHES = "hashes.json"
@@ -79,10 +80,10 @@ def count_table(entries: list[dict], splits: list[str]) -> tuple[dict, dict]:
 
 def write_outputs(out: Path, manifest: dict, hashes: dict[str, int], skipped: list[list[str]]) -> None:
     """Write hashes.json, skipped.tsv and, last, manifest.json (each atomically)."""
-    write_json_atomic(out / HASHES, {k: to_hex(h) for k, h in sorted(hashes.items())})
+    write_json_atomic(out / HASHES, {k: to_hex(h) for k, h in sorted(hashes.items())}, sort_keys=True)
     lines = ["reason\tfile\tdetail"] + ["\t".join(str(c).replace("\t", " ") for c in e) for e in skipped]
     write_atomic(out / SKIPPED, ("\n".join(lines) + "\n").encode())
-    write_json_atomic(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest, sort_keys=True)
 
 
 def assemble_manifest(cfg, plan, prep, dedup, fingerprint, entries, skips, splits) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dinov3_us.data.curation.records import Sample
 from dinov3_us.errors import DataError
+from dinov3_us.fileio import append_durable, fsync_dir, write_atomic
 
 JOURNAL = ".build_journal.jsonl"
 
@@ -29,22 +30,6 @@ def shard_name(split: str, index: int) -> str:
 def dump_json(obj) -> bytes:
     """Canonical JSON bytes (sorted keys, ASCII) so equal content gives equal bytes."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and a rename (readers never see half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Pretty JSON (sorted keys), written atomically."""
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 class ShardWriter:
@@ -86,6 +71,7 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
         return self.name
 
 
@@ -128,10 +114,7 @@ class Journal:
 
     def append(self, entry: dict) -> None:
         """Durably append one finished-shard entry."""
-        with open(self.path, "ab") as f:
-            f.write(dump_json(entry) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_durable(self.path, dump_json(entry) + b"\n")
 
     def remove(self) -> None:
         """Delete the journal once the manifest is written."""
