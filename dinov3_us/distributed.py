@@ -196,3 +196,12 @@ def all_gather_cat(x: torch.Tensor, group: ProcessGroup | None = None) -> torch.
     if not is_enabled():
         return x
     return _AllGatherCat.apply(x, group)
+
+
+def all_gather_object(obj, group: ProcessGroup | None = None) -> list:
+    """Every rank's picklable `obj`, in rank order (`[obj]` without a process group)."""
+    if not is_enabled():
+        return [obj]
+    out: list = [None] * get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out

@@ -5,6 +5,8 @@
     python launchers/status.py OUT [--wait]
 
 `common` holds the command-line options, cluster detection and submitit executors shared by both
-launchers, `plan` the checks made before anything is submitted and the job chain, `tasks` the
-callables that run inside the jobs, and `jobs` the `OUT/jobs.json` bookkeeping and the watcher.
+launchers, `plan` the checks made before anything is submitted and the job chain, `launch` the
+dry run, submission and local run, `stages` the callables that run inside the jobs (each calls its
+stage's Python entry point: `pretrain`, `convert_checkpoint`, `evaluate`), and `jobs` the
+`OUT/jobs.json` bookkeeping and the watcher. Paths of a run folder come from `dinov3_us.run_dir.RunDir`.
 """

@@ -2,8 +2,8 @@
 
 `--cluster auto` (the default) submits to SLURM when `srun` is on PATH and runs the same chain locally
 (submitit's LocalExecutor, one process per task) when it is not; `slurm`, `local` and `debug` (in
-this process, for a debugger) force one. The sbatch scripts come from submitit's own template, so a
-`--dry-run` prints exactly what would be submitted.
+this process, for a debugger) force one. A `--dry-run` prints every job's SLURM options as `#SBATCH`
+lines and the command submitit's job runs (submitit adds its own log and open-mode lines).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ logger = logging.getLogger("dinov3_us")
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
 CLUSTERS = ("auto", "slurm", "local", "debug")
+SIGNAL_DELAY_S = 90  # USR2 this long before the time limit: the pretraining checkpoints and requeues
 
 
 class LaunchError(DinoUSError):
@@ -76,7 +77,8 @@ def add_cluster_args(parser: argparse.ArgumentParser, timeout_min: int) -> None:
     g.add_argument("--poll", type=float, default=10.0, metavar="S", help="seconds between state checks (default 10)")
 
 
-def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
+def run_command(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
+    """`cmd`'s completed process (output captured as text), or None when it did not run or timed out."""
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
@@ -85,7 +87,7 @@ def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | N
 
 def slurm_controller_error() -> str | None:
     """None when SLURM's controller answers `sinfo`, else why not."""
-    proc = _run(["sinfo", "-h", "-o", "%P"], timeout=20)
+    proc = run_command(["sinfo", "-h", "-o", "%P"], timeout=20)
     if proc is None:
         return "`sinfo` did not run or timed out"
     if proc.returncode != 0:
@@ -122,7 +124,7 @@ def parse_gres_gpus(gres: str) -> int:
 
 def partition_gpus(partition: str | None) -> tuple[str, int]:
     """(partition name, most GPUs any of its nodes has), from `sinfo`; `None` means the default partition."""
-    proc = _run(["sinfo", "-h", "-o", "%P|%G"], timeout=20)
+    proc = run_command(["sinfo", "-h", "-o", "%P|%G"], timeout=20)
     if proc is None or proc.returncode != 0:
         raise LaunchError(f"cannot list SLURM partitions with sinfo: {proc.stderr.strip() if proc else 'no sinfo'}")
     table: dict[str, int] = {}
@@ -179,7 +181,7 @@ class ClusterOptions:
 def slurm_parameters(name: str, res: Resources, opts: ClusterOptions, dependency: str | None = None) -> dict:
     """submitit SlurmExecutor parameters (SLURM's own names) of one job."""
     params: dict[str, Any] = {"job_name": name, "nodes": res.nodes, "ntasks_per_node": res.tasks_per_node,
-                              "time": res.timeout_min,
+                              "time": res.timeout_min, "signal_delay_s": SIGNAL_DELAY_S,
                               "srun_args": ["--kill-on-bad-exit=1"]}  # a failed task ends the step at once
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
@@ -204,10 +206,13 @@ def submitit_command(folder: Path) -> str:
 
 
 def sbatch_script(folder: Path, params: dict) -> str:
-    """The sbatch script submitit would submit for these parameters (for --dry-run)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    return _make_sbatch_string(command=submitit_command(folder), folder=folder, **params)
+    """The SLURM options of `slurm_parameters()` as an sbatch script header, and the job's command (--dry-run)."""
+    options = {k: v for k, v in params.items() if k not in ("srun_args", "additional_parameters", "signal_delay_s")}
+    options |= params.get("additional_parameters", {})
+    lines = ["#!/bin/bash", *(f"#SBATCH --{k.replace('_', '-')}={shlex.quote(str(v))}" for k, v in options.items()),
+             f"#SBATCH --signal=USR2@{params['signal_delay_s']}",  # checkpoint + requeue before the time limit
+             "", " ".join(["srun", *params["srun_args"], submitit_command(folder)])]
+    return "\n".join(lines) + "\n"
 
 
 def make_executor(cluster: str, folder: Path, name: str, res: Resources, opts: ClusterOptions,

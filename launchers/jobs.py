@@ -15,7 +15,6 @@ import fcntl
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from dinov3_us.fileio import write_json_atomic
-from dinov3_us.train.metrics import progress_line
+from dinov3_us.train.metric_logger import progress_line
+from launchers.common import run_command
 
 logger = logging.getLogger("dinov3_us")
 
@@ -101,26 +101,6 @@ class JobsFile:
         return bool(done)
 
 
-def downstream(jobs: dict[str, dict], name: str) -> list[str]:
-    """The jobs that depend on `name`, directly or through others, in file order."""
-    found: set[str] = {name}
-    changed = True
-    while changed:
-        changed = False
-        for other, record in jobs.items():
-            if other not in found and found & set(record.get("depends_on", [])):
-                found.add(other)
-                changed = True
-    return [n for n in jobs if n in found and n != name]
-
-
-def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
 def parse_sacct(text: str) -> dict[str, dict[str, str]]:
     """`sacct -X -n -P -o JobID,State,ExitCode,NodeList` lines -> {job_id: {state, exit_code, nodes}}."""
     out = {}
@@ -138,11 +118,11 @@ def slurm_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
     if not job_ids:
         return {}
     ids = ",".join(job_ids)
-    proc = _run(["sacct", "-X", "-n", "-P", "-j", ids, "-o", "JobID,State,ExitCode,NodeList"])
+    proc = run_command(["sacct", "-X", "-n", "-P", "-j", ids, "-o", "JobID,State,ExitCode,NodeList"])
     states = parse_sacct(proc.stdout) if proc is not None and proc.returncode == 0 else {}
     missing = [j for j in job_ids if j not in states]
     if missing:  # not yet in the accounting database, or no accounting: ask the queue
-        proc = _run(["squeue", "-h", "-j", ",".join(missing), "-o", "%i|%T|0:0|%N"])
+        proc = run_command(["squeue", "-h", "-j", ",".join(missing), "-o", "%i|%T|0:0|%N"])
         if proc is not None and proc.returncode == 0:
             states.update(parse_sacct(proc.stdout))
     return states
@@ -151,21 +131,20 @@ def slurm_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
 def scancel(job_ids: list[str]) -> None:
     """Cancel SLURM jobs (errors ignored: they may have ended already)."""
     if job_ids:
-        _run(["scancel", *job_ids])
+        run_command(["scancel", *job_ids])
 
 
 def refresh(jobs_file: JobsFile) -> dict[str, Any]:
-    """Update the states of a SLURM launch from sacct/squeue and cancel jobs whose dependency failed.
+    """Copy the states SLURM reports (sacct, squeue for jobs not yet in accounting) into a SLURM launch's jobs.json.
 
-    `--kill-on-invalid-dep=yes` makes SLURM cancel them itself; cancelling here as well covers jobs
-    killed before they could cancel their dependents (node failure, out of memory).
+    SLURM is the only source of a SLURM job's state; SLURM also cancels the dependents of a failed
+    job itself (`--kill-on-invalid-dep=yes`).
     """
     data = jobs_file.read()
     if data.get("cluster") != "slurm":
         return data
     ids = [r["job_id"] for r in data["jobs"].values() if r.get("job_id")]
     states = slurm_states(ids)
-    orphans: list[str] = []
 
     def apply(data: dict[str, Any]) -> None:
         jobs = data["jobs"]
@@ -176,16 +155,8 @@ def refresh(jobs_file: JobsFile) -> dict[str, Any]:
                 record["exit_code"] = info["exit_code"]
                 if info["nodes"] and info["nodes"] not in ("None", "(null)", "None assigned"):
                     record["nodelist"] = info["nodes"]
-        for record in jobs.values():
-            failed = [d for d in record.get("depends_on", []) if jobs.get(d, {}).get("state") in FAILED_STATES]
-            if failed and record.get("state") == "PENDING":
-                orphans.append(str(record["job_id"]))
-                record["state"] = "CANCELLED"
-                record["note"] = f"cancelled: {failed[0]} ended {jobs[failed[0]]['state']}"
 
-    data = jobs_file.modify(apply)
-    scancel(orphans)
-    return data
+    return jobs_file.modify(apply)
 
 
 def all_done(data: dict[str, Any]) -> bool:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dinov3_us.run_dir import RunDir
 from launchers.common import (
     ClusterOptions,
     make_executor,
@@ -38,7 +39,7 @@ from launchers.jobs import (
     watch,
 )
 from launchers.plan import JobSpec
-from launchers.tasks import write_report
+from launchers.stages import write_report
 
 logger = logging.getLogger("dinov3_us")
 
@@ -58,6 +59,11 @@ class Launch:
     launch_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
 
     @property
+    def run(self) -> RunDir:
+        """The launch's folder (a pretraining run, or an evaluation launch)."""
+        return RunDir(self.output_dir)
+
+    @property
     def folder(self) -> Path:
         """submitit's folder for this launch (pickles, sbatch scripts, logs)."""
         return self.output_dir / "submitit" / self.launch_id
@@ -65,12 +71,12 @@ class Launch:
     @property
     def jobs_file(self) -> JobsFile:
         """OUT/jobs.json."""
-        return JobsFile(self.output_dir / JOBS_FILE)
+        return JobsFile(self.run.jobs)
 
     @property
     def report(self) -> Path:
         """The evaluation comparison table."""
-        return self.output_dir / "eval" / "comparison.md"
+        return self.run.report
 
     def dependency(self, spec: JobSpec, ids: dict[str, str]) -> str | None:
         """`afterok:<id>[:<id>]` of a job's parents."""

@@ -22,13 +22,13 @@ from dinov3_us.configs import Config, load_config
 from dinov3_us.configs.config import flatten
 from dinov3_us.data.shards import load_manifest, parse_dir_spec, resolve_shards
 from dinov3_us.errors import DinoUSError
+from dinov3_us.eval.protocols import PROTOCOLS
+from dinov3_us.run_dir import RunDir
+from dinov3_us.train.trainer import split_dataset_path
 from launchers.common import LaunchError, Resources, partition_gpus
 from launchers.jobs import JOBS_FILE, TERMINAL_STATES, JobsFile, refresh
-from launchers.tasks import ConvertTask, EvalTask, PretrainTask, ToolTask
+from launchers.stages import ConvertJob, EvalJob, PretrainJob, StageJob
 
-# --eval-config TASK -> the command that runs it
-EVAL_TOOLS = {"linear": "eval_linear.py", "knn": "eval_knn.py", "finetune": "eval_finetune.py",
-              "segmentation": "eval_segmentation.py"}
 DEFAULT_EVAL_TASKS = ("linear", "knn")
 LABELLED_SPLITS = ("train", "val", "test")
 
@@ -39,7 +39,7 @@ class JobSpec:
 
     name: str
     kind: str  # pretrain | convert | eval
-    task: ToolTask
+    task: StageJob
     resources: Resources
     depends_on: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
@@ -73,17 +73,17 @@ def parse_eval_requests(entries: list[str] | None) -> list[EvalRequest]:
     for entry in entries or list(DEFAULT_EVAL_TASKS):
         task, sep, path = entry.partition("=")
         if sep:
-            if task not in EVAL_TOOLS:
+            if task not in PROTOCOLS:
                 raise LaunchError(f"--eval-config {entry}: unknown task {task!r}; expected one of "
-                                  f"{', '.join(EVAL_TOOLS)}")
+                                  f"{', '.join(PROTOCOLS)}")
             pairs = [(task, path)]
-        elif entry in EVAL_TOOLS:
+        elif entry in PROTOCOLS:
             pairs = [(entry, None)]
         else:
             pairs = [(t, entry) for t in DEFAULT_EVAL_TASKS]
         for task, path in pairs:
             if path is not None and not Path(path).is_file():
-                raise LaunchError(f"--eval-config {entry}: {path} is neither a task ({', '.join(EVAL_TOOLS)}) nor "
+                raise LaunchError(f"--eval-config {entry}: {path} is neither a task ({', '.join(PROTOCOLS)}) nor "
                                   "an existing evaluation YAML")
             name = task if path is None else f"{task}_{Path(path).stem}"
             base, k = name, 2
@@ -103,7 +103,7 @@ def labelled_shards(dataset_path: str, eval_overrides: list[str]) -> str | None:
     A folder without class labels (HC18) counts when the overrides choose another target
     (`data.label_key=head_circumference_mm data.label_bins=3`).
     """
-    for spec in [p.strip() for p in dataset_path.split(";") if p.strip()]:
+    for spec in split_dataset_path(dataset_path):
         parsed = parse_dir_spec(spec)
         if parsed is None:
             continue
@@ -129,8 +129,8 @@ def _check_specs(specs: list[str], what: str) -> None:
             raise LaunchError(f"{what}: {spec} holds no samples")
 
 
-def plan_evals(requests: list[EvalRequest], weights: str, out_dir: Path, cwd: str, jobs_dir: Path,
-               default_data: str | None, overrides: list[str], model_info: dict | None) -> list[JobSpec]:
+def plan_evals(requests: list[EvalRequest], weights: Path, launch: RunDir, cwd: str, default_data: str | None,
+               overrides: list[str], model_info: dict | None) -> list[JobSpec]:
     """Validate each evaluation (config, datasets) and build its job (resources are set by the caller).
 
     Evaluations without a YAML use `default_data`'s train/val/test splits at the backbone's training
@@ -158,9 +158,7 @@ def plan_evals(requests: list[EvalRequest], weights: str, out_dir: Path, cwd: st
             cfg = load_eval_config(req.config_file, None, all_overrides)
         except DinoUSError as err:
             raise LaunchError(f"{where}: {err}") from None
-        argv: list[str] = []
-        if req.config_file:
-            argv += ["--config-file", req.config_file]
+        flags: dict = {}
         if cfg.data.train_dataset:
             specs_to_check = [cfg.data.train_dataset, *([cfg.data.val_dataset] if cfg.data.val_dataset else []),
                               *cfg.data.test_datasets]
@@ -169,15 +167,13 @@ def plan_evals(requests: list[EvalRequest], weights: str, out_dir: Path, cwd: st
                 raise LaunchError(f"{where}: no datasets: give data.train_dataset/val_dataset/test_datasets in an "
                                   "evaluation YAML (--eval-config), labelled pretraining shards, or --no-eval")
             specs_to_check = [f"{default_data}:{s}" for s in LABELLED_SPLITS]
-            argv += ["--train-dataset", specs_to_check[0], "--val-dataset", specs_to_check[1],
-                     "--test-datasets", specs_to_check[2]]
+            flags = {"data.train_dataset": specs_to_check[0], "data.val_dataset": specs_to_check[1],
+                     "data.test_datasets": [specs_to_check[2]]}
         _check_specs(specs_to_check, where)
-        eval_out = out_dir / "eval" / req.name
-        argv += ["--pretrained-weights", weights, "--output-dir", str(eval_out), "--no-progress", *all_overrides]
-        task = EvalTask(req.name, EVAL_TOOLS[req.task], argv, str(out_dir), cwd, str(out_dir / "eval"),
-                        str(jobs_dir))
-        specs.append(JobSpec(req.name, "eval", task, Resources(), [], [str(eval_out)],
-                             results=str(eval_out / "results.json")))
+        flags |= {"model.pretrained_weights": str(weights), "features.progress": False}
+        job = EvalJob(req.name, launch, cwd, req.task, req.config_file, flags, all_overrides)
+        specs.append(JobSpec(req.name, "eval", job, Resources(), [], [str(job.out_dir)],
+                             results=str(job.out_dir / "results.json")))
     return specs
 
 
@@ -186,11 +182,7 @@ def load_pretrain_config(config_file: str | None, overrides: list[str]) -> Confi
     if config_file is not None and not Path(config_file).is_file():
         raise LaunchError(f"--config-file {config_file}: no such file")
     cfg = load_config(config_file, overrides)
-    specs = [p.strip() for p in cfg.train.dataset_path.split(";") if p.strip()]
-    if not specs:
-        raise LaunchError("train.dataset_path is empty: give the pretraining shards, e.g. "
-                          "train.dataset_path=data/phantom (written by tools/build_dataset.py)")
-    _check_specs(specs, "train.dataset_path")
+    _check_specs(split_dataset_path(cfg.train.dataset_path), "train.dataset_path")
     weights = cfg.student.pretrained_weights
     if weights and "://" not in weights and not Path(weights).is_file():
         raise LaunchError(f"student.pretrained_weights: {weights} does not exist")
@@ -299,17 +291,15 @@ def _sinfo_available() -> bool:
     return shutil.which("sinfo") is not None
 
 
-def pretrain_chain(cfg_file: str | None, overrides: list[str], out: Path, cwd: str, main: Resources,
+def pretrain_chain(cfg_file: str | None, overrides: list[str], run: RunDir, cwd: str, main: Resources,
                    side: Resources, evals: list[JobSpec]) -> list[JobSpec]:
     """pretrain -> convert -> evaluations."""
-    argv = [*(["--config-file", str(Path(cfg_file).resolve())] if cfg_file else []), "--output-dir", str(out),
-            *overrides]
-    teacher = out / "teacher.pth"
+    config = str(Path(cfg_file).resolve()) if cfg_file else None
     jobs = [
-        JobSpec("pretrain", "pretrain", PretrainTask("pretrain", argv, str(out), cwd), main, [],
-                [str(out / "ckpt"), str(out / "training_metrics.jsonl"), str(out / "log.txt")]),
-        JobSpec("convert", "convert", ConvertTask("convert", None, str(teacher), str(out), cwd),
-                Resources(1, 1, 0, side.timeout_min), ["pretrain"], [str(teacher), str(teacher.with_suffix(".json"))]),
+        JobSpec("pretrain", "pretrain", PretrainJob("pretrain", run, cwd, config, list(overrides)), main, [],
+                [str(run.ckpt), str(run.metrics), str(run.log)]),
+        JobSpec("convert", "convert", ConvertJob("convert", run, cwd, source=run), Resources(1, 1, 0, side.timeout_min),
+                ["pretrain"], [str(run.teacher), str(run.teacher.with_suffix(".json"))]),
     ]
     for spec in evals:
         spec.resources = side

@@ -27,6 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.configs import Config  # noqa: E402
+from dinov3_us.run_dir import RunDir  # noqa: E402
 from launchers.common import ClusterOptions, LaunchError, Resources, add_cluster_args, resolve_cluster  # noqa: E402,E501
 from launchers.launch import Launch, plan_and_execute  # noqa: E402
 from launchers.plan import (  # noqa: E402
@@ -42,7 +43,7 @@ from launchers.plan import (  # noqa: E402
     parse_eval_requests,
     plan_evals,
 )
-from launchers.tasks import ConvertTask, latest_checkpoint  # noqa: E402
+from launchers.stages import ConvertJob  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,20 +69,20 @@ def resolve_weights(weights: str) -> tuple[Path | None, Path | None, dict | None
         return None, path, model_info_from_teacher(path)
     if not path.is_dir():
         raise LaunchError(f"--weights {weights}: no such file or folder")
-    if (path / "ckpt").is_dir():
-        ckpt = latest_checkpoint(path / "ckpt")
+    if RunDir(path).ckpt.is_dir():
+        run = RunDir(path)
+        ckpt = run.latest()
         if ckpt is None:
-            raise LaunchError(f"--weights {weights}: no complete checkpoint in {path / 'ckpt'}")
-        run = path
+            raise LaunchError(f"--weights {weights}: no complete checkpoint in {run.ckpt}")
     else:
         from dinov3_us.checkpointer.checkpointer import invalid_reason
 
         reason = invalid_reason(path)
         if reason is not None:
             raise LaunchError(f"--weights {weights}: not a complete checkpoint folder ({reason})")
-        ckpt, run = path, path.parent.parent
+        ckpt, run = path, RunDir.of_checkpoint(path)
     info = None
-    cfg_path = run / "config.yaml"
+    cfg_path = run.config
     if cfg_path.is_file():
         try:
             info = model_info_from_config(Config.wrap(yaml.safe_load(cfg_path.read_text())))
@@ -95,7 +96,8 @@ def plan(args: argparse.Namespace) -> Launch:
     cluster, note = resolve_cluster(args.cluster) if not (args.dry_run and args.cluster == "slurm") \
         else ("slurm", None)
     notes = [note] if note else []
-    out = abspath(args.output_dir)
+    launch = RunDir(args.output_dir)
+    out = launch.root
     ckpt, teacher, info = resolve_weights(args.weights)
     default_data = None
     if args.dataset:
@@ -111,17 +113,16 @@ def plan(args: argparse.Namespace) -> Launch:
     notes += res_notes
     jobs: list[JobSpec] = []
     if ckpt is not None:
-        teacher = out / "teacher.pth"
-        jobs.append(JobSpec("convert", "convert", ConvertTask("convert", str(ckpt), str(teacher), str(out),
-                                                                str(Path.cwd())),
+        teacher = launch.teacher
+        jobs.append(JobSpec("convert", "convert", ConvertJob("convert", launch, str(Path.cwd()), checkpoint=ckpt),
                             Resources(1, 1, 0, args.timeout), [], [str(teacher)]))
-    evals = plan_evals(parse_eval_requests(args.eval_config), str(teacher), out, str(Path.cwd()), out,
-                       default_data, args.eval_override, info)
+    evals = plan_evals(parse_eval_requests(args.eval_config), teacher, launch, str(Path.cwd()), default_data,
+                       args.eval_override, info)
     for spec in evals:
         spec.resources = main
         spec.depends_on = ["convert"] if ckpt is not None else []
         if args.device != "auto":
-            spec.task.argv.append(f"runtime.device={args.device}")
+            spec.task.overrides.append(f"runtime.device={args.device}")
     jobs += evals
     command = shlex.join(["python", "launchers/submit_eval.py", *args.argv])
     return Launch("dinov3_us evaluation", cluster, out, jobs, ClusterOptions.from_args(args), command, notes)

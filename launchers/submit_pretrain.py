@@ -29,10 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.configs.config import split_overrides  # noqa: E402
+from dinov3_us.run_dir import RunDir  # noqa: E402
 from launchers.common import ClusterOptions, Resources, add_cluster_args, resolve_cluster  # noqa: E402
 from launchers.launch import Launch, plan_and_execute  # noqa: E402
 from launchers.plan import (  # noqa: E402
-    abspath,
     add_eval_args,
     check_output_dir,
     check_previous_jobs,
@@ -80,7 +80,8 @@ def plan(args: argparse.Namespace) -> Launch:
         else ("slurm", None)
     notes = [note] if note else []
     cfg = load_pretrain_config(args.config_file, args.overrides)
-    out = abspath(args.output_dir)
+    run = RunDir(args.output_dir)
+    out = run.root
     note = check_output_dir(out, cfg, args.resume)
     if note:
         notes.append(note)
@@ -98,9 +99,9 @@ def plan(args: argparse.Namespace) -> Launch:
             notes.append(f"no evaluation: the pretraining shards ({cfg.train.dataset_path}) have no labelled "
                          "train/val/test splits; give --eval-config (or data.label_key via --eval-override)")
         else:
-            evals = plan_evals(requests, str(out / "teacher.pth"), out, os.getcwd(), out, default_data,
-                               args.eval_override, model_info_from_config(cfg))
-    jobs = pretrain_chain(args.config_file, args.overrides, out, os.getcwd(), main, side, evals)
+            evals = plan_evals(requests, run.teacher, run, os.getcwd(), default_data, args.eval_override,
+                               model_info_from_config(cfg))
+    jobs = pretrain_chain(args.config_file, args.overrides, run, os.getcwd(), main, side, evals)
     return Launch("dinov3_us pretraining", cluster, out, jobs, ClusterOptions.from_args(args),
                   args.command_line, notes)
 

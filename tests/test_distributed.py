@@ -14,7 +14,9 @@ from dinov3_us.errors import ConfigError
 def test_device_and_backend():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_backend("auto", torch.device("cpu")) == "gloo"
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():  # a GPU host: auto picks it, and cuda works
+        assert resolve_device("auto").type == "cuda" and resolve_device("cuda").type == "cuda"
+    else:
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")

@@ -19,8 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.errors import DinoUSError  # noqa: E402
-from dinov3_us.eval.paired import paired_markdown, versus_random_markdown  # noqa: E402
-from dinov3_us.eval.report import compare_markdown, load_results, plot_comparison  # noqa: E402
+from dinov3_us.eval.compare import write_comparison  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -30,25 +29,13 @@ def main(argv=None) -> int:
     p.add_argument("--output-dir", default=".", help="where comparison.md and comparison.png go (default: .)")
     args = p.parse_args(argv)
     try:
-        runs = [load_results(path) for path in args.results]
+        table, notes = write_comparison(args.results, args.output_dir)
     except DinoUSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    table = compare_markdown(runs)
-    if against_random := versus_random_markdown(runs):
-        table += "\n" + against_random
-    one_backbone = len({r.get("weights", {}).get("sha256") for r in runs}) == 1
-    if one_backbone and len({r["task"] for r in runs}) > 1:
-        print("no paired comparison: the runs are different evaluations of one backbone", file=sys.stderr)
-    elif all((Path(r["_path"]).parent / "predictions.csv").is_file() for r in runs):
-        try:
-            table += "\n" + paired_markdown(runs)
-        except DinoUSError as err:
-            print(f"no paired comparison: {err}", file=sys.stderr)
+    for note in notes:
+        print(note, file=sys.stderr)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.md").write_text(table, encoding="utf-8")
-    plot_comparison(runs, out / "comparison.png")
     print(table, end="")
     print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}", file=sys.stderr)
     return 0

@@ -13,8 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dinov3_us.eval.context import cli_main  # noqa: E402
-from dinov3_us.eval.tasks import run_finetune  # noqa: E402
+from dinov3_us.eval.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli_main("finetune", run_finetune, description=__doc__))
+    sys.exit(main("finetune", description=__doc__))

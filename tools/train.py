@@ -15,10 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.configs import load_config  # noqa: E402
-from dinov3_us.distributed import destroy_distributed, init_distributed  # noqa: E402
 from dinov3_us.errors import DinoUSError  # noqa: E402
-from dinov3_us.log import setup_logging  # noqa: E402
-from dinov3_us.train.trainer import Trainer  # noqa: E402
+from dinov3_us.train.trainer import pretrain  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,17 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", required=True, help="run folder: config, checkpoints, logs, exports")
     parser.add_argument("overrides", nargs="*", help="config overrides section.key=value")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
-    out = Path(args.output_dir)
     try:
-        cfg = load_config(args.config_file, args.overrides)
-        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
-        setup_logging(out, info.rank)
-        return Trainer(cfg, out, info).run()
+        return pretrain(load_config(args.config_file, args.overrides), args.output_dir)
     except DinoUSError as err:
         print(f"error (rank {os.environ.get('RANK', '0')}): {err}", file=sys.stderr)
         return 2
-    finally:
-        destroy_distributed()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
-from dinov3_us.distributed import get_rank, get_world_size, is_enabled
+from dinov3_us.distributed import all_gather_object, get_rank, get_world_size, is_enabled
 from dinov3_us.errors import CheckpointError, ConfigError
 from dinov3_us.fileio import fsync_dir, fsync_file, write_atomic
 
@@ -73,6 +73,25 @@ def invalid_reason(path: Path) -> str | None:
         if actual != size:
             return f"file {name} has {actual} bytes, {MARKER} says {size}"
     return None
+
+
+def checkpoint_folders(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """(iteration, folder) of every `ckpt_dir/<iteration>` folder, complete or not, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted((int(p.name), p) for p in ckpt_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def complete_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of `ckpt_dir`, newest first; incomplete ones are skipped with a WARNING naming why."""
+    complete = []
+    for _, path in reversed(checkpoint_folders(Path(ckpt_dir))):
+        reason = invalid_reason(path)
+        if reason is None:
+            complete.append(path)
+        else:
+            logger.warning("Skipping checkpoint %s: %s", path, reason)
+    return complete
 
 
 class CheckpointManager:
@@ -115,11 +134,7 @@ class CheckpointManager:
             dist.barrier(group=self.process_group)
 
     def _gather(self, obj: Any) -> list[Any]:
-        if not self.distributed:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj, group=self.process_group)
-        return out
+        return all_gather_object(obj, self.process_group)
 
     @contextlib.contextmanager
     def _quiet(self):
@@ -134,21 +149,11 @@ class CheckpointManager:
         return iteration > 0 and iteration % self.period == 0
 
     def _folders(self) -> list[tuple[int, Path]]:
-        if not self.ckpt_dir.is_dir():
-            return []
-        found = [(int(p.name), p) for p in self.ckpt_dir.iterdir() if p.name.isdigit() and p.is_dir()]
-        return sorted(found)
+        return checkpoint_folders(self.ckpt_dir)
 
     def complete_checkpoints(self) -> list[Path]:
         """Complete checkpoints, newest first; incomplete ones are skipped with a WARNING naming the reason."""
-        complete = []
-        for _, path in reversed(self._folders()):
-            reason = invalid_reason(path)
-            if reason is None:
-                complete.append(path)
-            else:
-                logger.warning("Skipping checkpoint %s: %s", path, reason)
-        return complete
+        return complete_checkpoints(self.ckpt_dir)
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint, or None (incomplete ones are skipped with a WARNING)."""

@@ -23,9 +23,11 @@ from dinov3_us.checkpointer.checkpointer import invalid_reason
 from dinov3_us.checkpointer.export import save_backbone
 from dinov3_us.configs import load_config
 from dinov3_us.errors import CheckpointError
+from dinov3_us.fileio import atomic_path
 from dinov3_us.models import vit_kwargs
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
 from dinov3_us.models.weights import check_state_dict
+from dinov3_us.run_dir import RunDir
 
 logger = logging.getLogger("dinov3_us")
 
@@ -57,7 +59,7 @@ def iter_tensors(ckpt: str | os.PathLike, prefix: str) -> Iterator[tuple[str, to
 
 def run_config_of(ckpt: Path):
     """The resolved config of the run that wrote `ckpt` (`OUT/config.yaml` for `OUT/ckpt/<it>`)."""
-    path = ckpt.resolve().parent.parent / "config.yaml"
+    path = RunDir.of_checkpoint(ckpt.resolve()).config
     if not path.is_file():
         raise CheckpointError(f"{path} not found: pass --config-file with the run's config")
     return path
@@ -85,6 +87,7 @@ def convert_checkpoint(ckpt: str | os.PathLike, output: str | os.PathLike, *, wh
     if heads:
         head_prefix = MODEL_PREFIX + which + "."
         head_state = {k: v for k, v in iter_tensors(ckpt, head_prefix) if k.startswith(("dino_head.", "ibot_head."))}
-        torch.save(head_state, Path(output).with_name(Path(output).stem + "_heads.pth"))
+        with atomic_path(Path(output).with_name(Path(output).stem + "_heads.pth")) as tmp:
+            torch.save(head_state, tmp)
     logger.info("converted %s (%s backbone, %d tensors) -> %s", ckpt, which, len(state), out)
     return out

@@ -121,8 +121,9 @@ class ModelOptimizerState(Stateful):
 class TrainState(Stateful):
     """Loop position: `iteration`, `images_seen` and `extra` (any picklable dict, identical on all ranks).
 
-    `extra` is stored as one pickled blob, so its structure may change between save and load.
-    Per-rank values (RNG, a data loader's position of this rank) belong in `rank_states` instead.
+    `extra` is stored as one pickled blob (rank 0's), so its structure may change between save and
+    load. Per-rank values must be gathered into it (the trainer keeps every rank's skipped-sample
+    counts there) or saved in `rank_states` (RNG); a value only this rank holds is otherwise lost.
     """
 
     def __init__(self, iteration: int = 0, images_seen: int = 0, extra: dict[str, Any] | None = None):

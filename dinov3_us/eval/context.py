@@ -1,88 +1,30 @@
-"""What every evaluation command shares: flags -> config, process group, backbone, splits, features, outputs.
+"""`EvalContext`: what every evaluation protocol shares: config, output folder, backbone, splits, features.
 
-`cli_main(task, runner, argv)` is the body of each `tools/eval_*.py`: it parses the common flags
-(plus `section.key=value` overrides), resolves the `EvalConfig`, starts the process group (torchrun,
-srun or a plain process), calls `runner(ctx) -> results` (results on rank 0, None elsewhere) and
-writes `OUTDIR/results.json`, `summary.md`, figures, `config.yaml` and `log.txt` on rank 0. User
-errors (`DinoUSError`) become a message on stderr and exit code 2.
+A protocol (`dinov3_us.eval.protocols`) gets a context, calls `load()`, `features()` and
+`base_results()`, and returns its results; `write_outputs()` writes `OUTDIR/results.json`,
+`summary.md`, figures and `config.yaml` on rank 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
-import os
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import dinov3_us
-from dinov3_us.configs.config import split_overrides
-from dinov3_us.distributed import DistInfo, destroy_distributed, init_distributed
-from dinov3_us.errors import ConfigError, DinoUSError
+from dinov3_us.distributed import DistInfo
+from dinov3_us.errors import ConfigError
 from dinov3_us.eval.backbone import EvalBackbone, load_eval_backbone, random_like
-from dinov3_us.eval.config import EvalConfig, load_eval_config, write_eval_config
+from dinov3_us.eval.config import EvalConfig, write_eval_config
 from dinov3_us.eval.data import EvalDataset, EvalTransform, assign_targets, require_labels, unique_names
 from dinov3_us.eval.features import FeatureSet, extract_features
-from dinov3_us.eval.paired import versus_random
 from dinov3_us.eval.report import write_report
-from dinov3_us.log import setup_logging
 
 logger = logging.getLogger("dinov3_us")
-
-# command-line flag -> config key
-FLAG_KEYS = {
-    "pretrained_weights": "model.pretrained_weights",
-    "arch": "model.arch",
-    "in_chans": "model.in_chans",
-    "train_dataset": "data.train_dataset",
-    "val_dataset": "data.val_dataset",
-    "test_datasets": "data.test_datasets",
-    "image_size": "data.image_size",
-    "batch_size": "data.batch_size",
-    "num_workers": "data.num_workers",
-    "cache_dir": "features.cache_dir",
-}
-
-
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """The flags every evaluation command takes."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", help="evaluation YAML (e.g. configs/eval/fpdb_brain_planes.yaml)")
-    p.add_argument("--pretrained-weights", help="'random', an official DINOv3 .pth, or an exported teacher .pth")
-    p.add_argument("--arch", help="vit_test | vit_tiny | vit_small | vit_base | vit_large (needed for random)")
-    p.add_argument("--in-chans", type=int, help="1 or 3 (default: the weights'; random: 1)")
-    p.add_argument("--train-dataset", help="shards spec, e.g. data/fpdb_brain:train")
-    p.add_argument("--val-dataset", help="shards spec, e.g. data/fpdb_brain:val")
-    p.add_argument("--test-datasets", nargs="+", help="one or more shards specs; the first is the headline")
-    p.add_argument("--output-dir", required=True, help="where results.json, summary.md and figures go")
-    p.add_argument("--cache-dir", help="keep the extracted features here (reused when nothing changed)")
-    p.add_argument("--image-size", type=int, help="network input side (default 224)")
-    p.add_argument("--batch-size", type=int, help="feature-extraction batch per process (default 64)")
-    p.add_argument("--num-workers", type=int, help="data-loading workers per process (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. linear.epochs=20)")
-    return p
-
-
-def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Parse with options and `section.key=value` overrides in any order.
-
-    `--test-datasets` takes one or more values, so overrides written after it would be read as test
-    sets: values of the form `section.key=value` are moved to the overrides.
-    """
-    args = parser.parse_intermixed_args(argv)
-    if args.test_datasets:
-        test_datasets, moved = split_overrides(args.test_datasets)
-        args.test_datasets = test_datasets or None
-        args.overrides = [*moved, *args.overrides]
-    return args
-
 
 @dataclass
 class EvalContext:
@@ -184,44 +126,10 @@ class EvalContext:
         }
 
 
-def _finish(ctx: EvalContext, results: dict, start: float) -> None:
+def write_outputs(ctx: EvalContext, results: dict, start: float) -> None:
     """Timing and config into `results`; write the run's report, config.yaml beside it (rank 0)."""
     ctx.timing["total_s"] = time.perf_counter() - start
     results["timing"] = {k: round(v, 3) for k, v in ctx.timing.items()}
     results["config"] = ctx.cfg.to_dict()
     write_eval_config(ctx.cfg, ctx.out_dir / "config.yaml")
     write_report(results, ctx.out_dir)
-
-
-def cli_main(task: str, runner: Callable[[EvalContext], dict | None], argv=None, description: str = "") -> int:
-    """Parse, run `runner` under a process group, write the report on rank 0; exit code 0, or 2 on a user error."""
-    args = parse_args(build_parser(description or f"{task} evaluation"), argv)
-    out = Path(args.output_dir)
-    try:
-        flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
-        if args.no_progress:
-            flags["features.progress"] = False
-        cfg = load_eval_config(args.config_file, flags, args.overrides)
-        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
-        setup_logging(out, info.rank)
-        start = time.perf_counter()
-        ctx = EvalContext(task, cfg, out, info)
-        results = runner(ctx)
-        if cfg.report.baseline == "random" and ctx.backbone.kind != "random":
-            logger.info("baseline: a random initialisation of the same architecture on the same splits")
-            base_ctx = EvalContext(task, cfg, out / "baseline_random", info, like=ctx.backbone)
-            start_base = time.perf_counter()
-            base_results = runner(base_ctx)
-            if info.is_main:
-                _finish(base_ctx, base_results, start_base)
-                results["vs_random"] = versus_random(results, base_results, seed=cfg.report.seed)
-                ctx.timing["baseline_s"] = time.perf_counter() - start_base
-        if info.is_main and results is not None:
-            _finish(ctx, results, start)
-            print(f"{task}: wrote {out / 'results.json'}")
-        return 0
-    except DinoUSError as err:
-        print(f"error (rank {os.environ.get('RANK', '0')}): {err}", file=sys.stderr)
-        return 2
-    finally:
-        destroy_distributed()

@@ -121,7 +121,8 @@ def predict(model: nn.Module, ds: EvalDataset, *, batch_size: int, device, num_w
     return gather_rows(local, sizes, gather_device).numpy()
 
 
-def _optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW over the backbone (layer-wise lr decay, patch-embed multiplier) and the head (lr multiplier 1)."""
     groups = get_params_groups_with_decay(model.backbone, lr_decay_rate=cfg.layer_decay,
                                           patch_embed_lr_mult=cfg.patch_embed_lr_mult)
     for name, p in model.head.named_parameters():
@@ -157,7 +158,7 @@ def train_finetune(
     torch.manual_seed(cfg.seed)
     model = FinetuneModel(backbone, num_classes, cfg.avgpool).to(device)
     model.train()
-    optimizer = _optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg)
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -1,9 +1,12 @@
 """The pretraining loop: build -> shard -> resume -> step, log, checkpoint, export -> close.
 
-Order of construction (torchtitan's): process group and seeds, the model (identical init on every
-rank from `train.seed`), FSDP2 sharding, the optimizer (after sharding), schedules, the data loader,
-then the checkpoint manager with everything stateful. `run()` resumes from the latest complete
-checkpoint by itself and, on SIGUSR1/SIGUSR2/SIGTERM, checkpoints and returns `REQUEUE_EXIT_CODE`.
+`pretrain(cfg, run_dir)` is the stage's entry point (`tools/train.py` and the launchers' pretraining
+job call it). Order of construction in `Trainer`: the resolved config is written, then the model
+(identical init on every rank from `train.seed`) and its initial weights, FSDP2 sharding, the
+optimizer (after sharding), schedules, the data loader, then the checkpoint manager and the
+watches; the process group exists before (`pretrain` starts it). `run()` resumes from the latest
+complete checkpoint by itself and, on SIGUSR1/SIGUSR2/SIGTERM, checkpoints and returns
+`REQUEUE_EXIT_CODE`.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from dinov3_us.checkpointer.export import full_state_dict, save_backbone
 from dinov3_us.configs import Config, write_config
 from dinov3_us.data.loader import make_data_loader
 from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
-from dinov3_us.distributed import DistInfo, all_reduce_max, init_distributed
+from dinov3_us.distributed import DistInfo, all_gather_object, all_reduce_max, destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError, DinoUSError
 from dinov3_us.fsdp import parallelize_meta_arch
+from dinov3_us.log import setup_logging
 from dinov3_us.models import load_backbone_weights, vit_kwargs
+from dinov3_us.run_dir import RunDir
 from dinov3_us.train.flops import peak_tflops, training_flops_per_image
-from dinov3_us.train.metrics import MetricLogger
+from dinov3_us.train.metric_logger import MetricLogger
 from dinov3_us.train.monitor import CollapseWatch, SelfDistillationWatch
 from dinov3_us.train.schedules import build_schedulers
 from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
@@ -37,6 +42,24 @@ logger = logging.getLogger("dinov3_us")
 
 class NonFiniteLossError(DinoUSError, RuntimeError):
     """Too many consecutive steps with a non-finite loss."""
+
+
+def pretrain(cfg: Config, run_dir: str | Path) -> int:
+    """Train `cfg` into `run_dir` (resuming from its latest checkpoint); 0, or `REQUEUE_EXIT_CODE` when preempted.
+
+    Starts the process group (torchrun, srun, a submitit job or one plain process), logs to
+    `run_dir/log.txt` (rank 0) and destroys the group at the end.
+
+    Raises:
+        DinoUSError: a user error (bad config, data or weights).
+    """
+    run = RunDir(run_dir)
+    try:
+        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
+        setup_logging(run.root, info.rank)
+        return Trainer(cfg, run, info).run()
+    finally:
+        destroy_distributed()
 
 
 def split_dataset_path(spec: str) -> list[str]:
@@ -52,10 +75,10 @@ class Trainer:
 
     def __init__(self, cfg: Config, output_dir: str | Path, dist_info: DistInfo | None = None) -> None:
         self.cfg = cfg
-        self.out = Path(output_dir)
+        self.run_dir = RunDir(output_dir)
         self.dist = dist_info or init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
         if self.dist.is_main:
-            write_config(cfg, self.out)
+            write_config(cfg, self.run_dir.root)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = SSLMetaArch(cfg)
         self.model.init_weights()
@@ -70,7 +93,7 @@ class Trainer:
         self.total_iterations = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
         self.loader = self._build_loader()
         self.train_state = TrainState()
-        self.checkpointer = CheckpointManager(self.out / "ckpt", period=cfg.checkpointing.period,
+        self.checkpointer = CheckpointManager(self.run_dir.ckpt, period=cfg.checkpointing.period,
                                               max_to_keep=cfg.checkpointing.max_to_keep,
                                               keep_every=cfg.checkpointing.keep_every)
         self.watch = CollapseWatch()
@@ -97,7 +120,10 @@ class Trainer:
                                 pin_memory=self.dist.device.type == "cuda")
 
     def _states(self) -> dict:
-        self.train_state.extra["data"] = self.loader.state_dict()
+        """The global states (collective: every rank's skipped-sample counts are gathered into them)."""
+        data = self.loader.state_dict()  # identical on every rank but for `rank` and `skipped`
+        data["skipped_by_rank"] = all_gather_object(data["skipped"])
+        self.train_state.extra["data"] = data
         self.train_state.extra["selfdistill"] = self.selfdistill.state_dict()
         return {"model": ModelOptimizerState(self.model, self.optimizer), "train": self.train_state}
 
@@ -112,7 +138,10 @@ class Trainer:
         if loaded is None:
             return 0
         self.selfdistill.load_state_dict(self.train_state.extra.get("selfdistill", {}))
-        data_state = self.train_state.extra["data"]
+        data_state = dict(self.train_state.extra["data"])
+        by_rank = data_state.pop("skipped_by_rank", None)  # absent in checkpoints of older versions
+        if by_rank is not None and len(by_rank) == self.dist.world_size:
+            data_state["skipped"] = by_rank[self.dist.rank]
         try:
             self.loader.load_state_dict(data_state)
         except ConfigError as err:  # another world size: the epoch's per-rank slices no longer exist
@@ -126,15 +155,15 @@ class Trainer:
         if not self.dist.is_main:
             return None
         arch = vit_kwargs(self.cfg.student, self.cfg.crops.global_crops_size)
-        path = self.out / "eval" / f"training_{iteration}" / "teacher_checkpoint.pth"
-        return save_backbone(state, path, arch, iteration=iteration, source=str(self.out))
+        return save_backbone(state, self.run_dir.export(iteration), arch, iteration=iteration,
+                             source=str(self.run_dir.root))
 
     def run(self) -> int:
         """Train until the end of the schedule; returns 0, or `REQUEUE_EXIT_CODE` after a preemption signal."""
         cfg = self.cfg
         start = self.resume()
         flag = PreemptionFlag().install()
-        metric_logger = MetricLogger(self.out, self.total_iterations, start, enabled=self.dist.is_main)
+        metric_logger = MetricLogger(self.run_dir.root, self.total_iterations, start, enabled=self.dist.is_main)
         eval_period, log_period = cfg.evaluation.eval_period_iterations, cfg.train.log_period
         global_batch = cfg.train.batch_size_per_gpu * self.dist.world_size
         bad_steps, last_saved, last_exported, exit_code = 0, start - 1, None, 0

@@ -5,7 +5,7 @@ import torch
 from dinov3_us.eval.backbone import load_eval_backbone
 from dinov3_us.eval.config import FinetuneConfig
 from dinov3_us.eval.data import EvalDataset, EvalTransform
-from dinov3_us.eval.finetune import FinetuneModel, _optimizer, predict, train_finetune
+from dinov3_us.eval.finetune import FinetuneModel, build_optimizer, predict, train_finetune
 
 
 def test_finetune_beats_chance_and_stops_early(blob_dir):
@@ -24,7 +24,7 @@ def test_finetune_beats_chance_and_stops_early(blob_dir):
 
 def test_layer_wise_lr_decay_groups():
     backbone = load_eval_backbone("random", arch="vit_test", img_size=32).model  # 2 blocks
-    opt = _optimizer(FinetuneModel(backbone, 3), FinetuneConfig(layer_decay=0.5, patch_embed_lr_mult=0.2))
+    opt = build_optimizer(FinetuneModel(backbone, 3), FinetuneConfig(layer_decay=0.5, patch_embed_lr_mult=0.2))
     mults = {name: g["lr_multiplier"] for g in opt.param_groups for name in g["names"]}
     assert mults["head.weight"] == 1.0 and mults["norm.weight"] == 1.0
     assert mults["blocks.1.attn.qkv.weight"] == 0.5 and mults["blocks.0.attn.qkv.weight"] == 0.25

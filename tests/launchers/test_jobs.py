@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
+from dinov3_us.errors import DataError
+from dinov3_us.run_dir import RunDir
 from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
-from launchers.common import parse_gres_gpus
-from launchers.jobs import JobsFile, downstream, parse_sacct
-from launchers.tasks import JobContext, JobFailedError, PretrainTask, should_requeue, signals_seen
+from launchers.common import parse_gres_gpus, sbatch_script, slurm_parameters
+from launchers.jobs import JobsFile, parse_sacct
+from launchers.stages import JobContext, JobFailedError, PretrainJob, should_requeue, signals_seen
 
 
 @pytest.mark.parametrize("gres, gpus", [("(null)", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4),
@@ -37,11 +40,18 @@ def _launch(tmp_path) -> JobsFile:
     return jf
 
 
-def test_downstream_follows_dependencies(tmp_path):
-    jobs = _launch(tmp_path).read()["jobs"]
-    assert downstream(jobs, "pretrain") == ["convert", "linear", "knn"]
-    assert downstream(jobs, "convert") == ["linear", "knn"]
-    assert downstream(jobs, "knn") == []
+def test_sbatch_script_shows_every_option_and_the_requeue_signal(tmp_path):
+    from launchers.common import ClusterOptions, Resources
+
+    params = slurm_parameters("dinov3_us.convert", Resources(2, 4, 4, 600), ClusterOptions(account="proj", mem="200G"),
+                              "afterok:<pretrain>")
+    script = sbatch_script(tmp_path, params)
+    for line in ("#SBATCH --job-name=dinov3_us.convert", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --gpus-per-node=4", "#SBATCH --account=proj", "#SBATCH --mem=200G",
+                 "#SBATCH --dependency='afterok:<pretrain>'", "#SBATCH --kill-on-invalid-dep=yes",
+                 "#SBATCH --signal=USR2@90", "srun --kill-on-bad-exit=1 "):
+        assert line in script, line
+    assert script.startswith("#!/bin/bash\n") and str(tmp_path) in script.splitlines()[-1]
 
 
 def test_update_job_only_touches_its_own_job_id(tmp_path):
@@ -53,15 +63,20 @@ def test_update_job_only_touches_its_own_job_id(tmp_path):
     assert "updated" in data and not list(tmp_path.glob(".jobs.json.*.tmp"))
 
 
-def test_failing_task_marks_itself_failed_and_cancels_its_dependents(tmp_path):
+class _BadShards(PretrainJob):
+    def work(self, ctx):
+        raise DataError("shard train-000000.tar: not a tar file")
+
+
+def test_a_user_error_fails_the_job_and_records_it_for_the_report(tmp_path):
     jf = _launch(tmp_path)
-    task = PretrainTask("pretrain", [], str(tmp_path), str(tmp_path))
-    with pytest.raises(JobFailedError, match="exited with code 2: error: bad shard"):
-        task.finish(JobContext("local", "1", 0, 1, 1, 0), 2, ["error: bad shard"])
+    job = _BadShards("pretrain", RunDir(tmp_path), str(tmp_path))
+    with pytest.raises(JobFailedError, match="exited with code 2: error \\(rank 0\\): shard train-000000.tar"):
+        job()
     jobs = jf.read()["jobs"]
-    assert jobs["pretrain"]["state"] == "FAILED" and "bad shard" in jobs["pretrain"]["error"]
-    assert [jobs[n]["state"] for n in ("convert", "linear", "knn")] == ["CANCELLED"] * 3
-    assert jobs["knn"]["note"] == "cancelled: pretrain failed"
+    assert "not a tar file" in jobs["pretrain"]["error"] and jobs["pretrain"]["command"].startswith("python tools/")
+    # the states are SLURM's (sacct), which also cancels the dependents (--kill-on-invalid-dep): not written here
+    assert [jobs[n]["state"] for n in ("pretrain", "convert", "linear", "knn")] == ["RUNNING"] + ["PENDING"] * 3
 
 
 def test_signals_seen_records_signals_whoever_handles_them():
@@ -92,12 +107,13 @@ def test_rank0_hands_a_usr2_to_submitits_handler(tmp_path, monkeypatch):
 
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
-        task = PretrainTask("pretrain", [], str(tmp_path), str(tmp_path))
+        task = PretrainJob("pretrain", RunDir(tmp_path), str(tmp_path))
         ctx = JobContext("slurm", "1", 0, 2, 1, 0)
         with pytest.raises(SystemExit):
             task.preempted(ctx, {int(signal.SIGUSR2)})
         assert calls == [signal.SIGUSR2]
-        assert jf.read()["jobs"]["pretrain"]["state"] == "REQUEUED"
+        record = jf.read()["jobs"]["pretrain"]
+        assert record["note"].startswith("requeued after SIGUSR2") and "requeued_at" in record
         calls.clear()
         with pytest.raises(SystemExit) as exc:  # SIGTERM alone: keep the checkpoint, do not requeue
             task.preempted(ctx, {int(signal.SIGTERM)})
@@ -108,25 +124,25 @@ def test_rank0_hands_a_usr2_to_submitits_handler(tmp_path, monkeypatch):
 
 def test_without_submitit_a_preempted_run_fails_with_a_resume_hint(tmp_path):
     _launch(tmp_path)
-    task = PretrainTask("pretrain", [], str(tmp_path), str(tmp_path))
+    task = PretrainJob("pretrain", RunDir(tmp_path), str(tmp_path))
     previous = signal.signal(signal.SIGUSR2, signal.SIG_DFL)
     try:
         with pytest.raises(JobFailedError, match="--resume"):
             task.preempted(JobContext("debug", "1", 0, 1, 1, 0), {int(signal.SIGUSR2)})
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    assert json.loads((tmp_path / "jobs.json").read_text())["jobs"]["convert"]["state"] == "CANCELLED"
+    assert "--resume" in json.loads((tmp_path / "jobs.json").read_text())["jobs"]["pretrain"]["error"]
 
 
 def test_usr2_outside_the_training_loop_is_left_to_submitit(tmp_path):
     """A USR2 before the trainer owns the signals reaches submitit's handler, which requeues and exits:
-    the task must exit too, without marking itself failed or cancelling its dependents."""
+    the job must exit too, without recording an error."""
     jf = _launch(tmp_path)
-    tool = tmp_path / "fake_train.py"
-    tool.write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGUSR2)\ntime.sleep(5)\n")
 
-    class Task(PretrainTask):
-        script = str(tool)  # run_tool joins it to tools/: an absolute path replaces that
+    class Task(PretrainJob):
+        def work(self, ctx):  # model building: the trainer does not own the signals yet
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(5)
 
     def submitit_handler(signum, frame):
         raise SystemExit(-1)
@@ -134,9 +150,9 @@ def test_usr2_outside_the_training_loop_is_left_to_submitit(tmp_path):
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
         with pytest.raises(SystemExit) as exc:
-            Task("pretrain", [], str(tmp_path), str(tmp_path))()
+            Task("pretrain", RunDir(tmp_path), str(tmp_path))()
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert exc.value.code == -1
     jobs = jf.read()["jobs"]
-    assert jobs["pretrain"]["state"] == "RUNNING" and jobs["convert"]["state"] == "PENDING"
+    assert "error" not in jobs["pretrain"] and jobs["pretrain"]["restarts"] == 0

@@ -2,7 +2,7 @@
 
 import json
 
-from dinov3_us.train.metrics import MetricLogger, truncate_jsonl
+from dinov3_us.train.metric_logger import MetricLogger, truncate_jsonl
 
 
 class Clock:

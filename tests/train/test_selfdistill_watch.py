@@ -107,7 +107,7 @@ def test_the_official_knobs_trip_the_alarm_on_a_tiny_run(tmp_path, phantom_shard
     assert proc.stdout.count("self-distillation has not started after") == 1
     assert records[-1]["selfdistill_stalled"] == 1.0 and records[-1]["dino_loss_ratio"] > 0.97
     assert all(r["selfdistill_stalled"] == 0.0 for r in records if r["iteration"] < 20 + 40)  # warm-up + patience
-    from dinov3_us.train.metrics import progress_line
+    from dinov3_us.train.metric_logger import progress_line
 
     assert "WARNING: self-distillation has not started" in progress_line(tmp_path / "run")
 
@@ -127,7 +127,7 @@ def test_the_small_data_knobs_leave_the_plateau_on_hc18_and_do_not_trip_it(tmp_p
 
 
 def test_progress_line_reads_the_last_logged_iteration(tmp_path):
-    from dinov3_us.train.metrics import progress_line
+    from dinov3_us.train.metric_logger import progress_line
 
     assert progress_line(tmp_path) is None  # nothing logged yet
     (tmp_path / "config.yaml").write_text("optim:\n  epochs: 10\ntrain:\n  OFFICIAL_EPOCH_LENGTH: 100\n")

@@ -3,20 +3,26 @@
 Each `run_*(ctx)` loads the backbone and splits, extracts every split's features once (all ranks
 take part), then fits and scores on rank 0 from the gathered cache and returns the results dict
 (None on the other ranks). `run_finetune` trains the whole model on every rank
-(`dinov3_us.eval.finetune`).
+(`dinov3_us.eval.finetune`). `evaluate(task, cfg, out_dir)` runs one of them in a process group and
+writes its outputs: the entry point of `tools/eval_*.py` and of the launchers' evaluation jobs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from dinov3_us.distributed import destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError
-from dinov3_us.eval.context import EvalContext
+from dinov3_us.eval.config import EvalConfig
+from dinov3_us.eval.context import EvalContext, write_outputs
 from dinov3_us.eval.finetune import predict, train_finetune
 from dinov3_us.eval.knn import effective_ks, knn_features, knn_predict, select_k
 from dinov3_us.eval.linear import CachedFeatures, make_grid, predict_grid, subsample_by_group, train_linear_grid
@@ -27,8 +33,10 @@ from dinov3_us.eval.metrics import (
     dice_iou,
     segmentation_metrics,
 )
+from dinov3_us.eval.paired import versus_random
 from dinov3_us.eval.predictions import classification_rows, segmentation_rows
 from dinov3_us.eval.segmentation import plot_examples, predict_masks, train_segmentation_grid
+from dinov3_us.log import setup_logging
 
 logger = logging.getLogger("dinov3_us")
 
@@ -212,3 +220,42 @@ def run_finetune(ctx: EvalContext) -> dict | None:
     out["select_metric"], out["best_val_score"] = fc.select_metric, result.best_score
     out["history"] = result.history
     return out
+
+
+PROTOCOLS: dict[str, Callable[[EvalContext], dict | None]] = {
+    "linear": run_linear, "knn": run_knn, "finetune": run_finetune, "segmentation": run_segmentation}
+
+
+def evaluate(task: str, cfg: EvalConfig, out_dir: str | os.PathLike) -> dict | None:
+    """Run protocol `task` (linear, knn, finetune, segmentation) with `cfg`, writing to `out_dir`.
+
+    Starts the process group (torchrun, srun, a submitit job or one plain process) and destroys it at
+    the end. With `report.baseline=random`, also evaluates a random initialisation of the same
+    architecture into `out_dir/baseline_random/`. Returns the results on rank 0, None elsewhere.
+
+    Raises:
+        DinoUSError: a user error (bad weights, data or config).
+    """
+    if task not in PROTOCOLS:
+        raise ConfigError(f"evaluation task {task!r}: expected one of {', '.join(PROTOCOLS)}")
+    runner, out = PROTOCOLS[task], Path(out_dir)
+    try:
+        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
+        setup_logging(out, info.rank)
+        start = time.perf_counter()
+        ctx = EvalContext(task, cfg, out, info)
+        results = runner(ctx)
+        if cfg.report.baseline == "random" and ctx.backbone.kind != "random":
+            logger.info("baseline: a random initialisation of the same architecture on the same splits")
+            base_ctx = EvalContext(task, cfg, out / "baseline_random", info, like=ctx.backbone)
+            start_base = time.perf_counter()
+            base_results = runner(base_ctx)
+            if info.is_main:
+                write_outputs(base_ctx, base_results, start_base)
+                results["vs_random"] = versus_random(results, base_results, seed=cfg.report.seed)
+                ctx.timing["baseline_s"] = time.perf_counter() - start_base
+        if info.is_main and results is not None:
+            write_outputs(ctx, results, start)
+        return results if info.is_main else None
+    finally:
+        destroy_distributed()

@@ -9,6 +9,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from dinov3_us.fileio import write_atomic
+from dinov3_us.run_dir import RunDir
+
 logger = logging.getLogger("dinov3_us")
 
 _CONSOLE_KEYS = ("total_loss", "dino_local_crops_loss", "dino_global_crops_loss", "ibot_loss", "koleo_loss",
@@ -25,9 +28,7 @@ def truncate_jsonl(path: Path, first_iteration: int) -> int:
     if not path.exists():
         return 0
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] < first_iteration]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    write_atomic(path, "".join(line + "\n" for line in kept))
     return len(kept)
 
 
@@ -42,7 +43,7 @@ class MetricLogger:
                  tensorboard: bool = True, eta_window: int = 5, clock: Callable[[], float] = time.perf_counter):
         self.enabled = enabled
         self.total, self.start = total_iterations, start_iteration
-        self.jsonl = Path(output_dir) / "training_metrics.jsonl"
+        self.jsonl = RunDir(output_dir).metrics
         self.writer = None
         self.clock = clock
         self.marks = deque([(clock(), start_iteration - 1)], maxlen=eta_window + 1)  # (time, last iteration done)
@@ -52,7 +53,7 @@ class MetricLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(output_dir) / "tb"), purge_step=start_iteration)
+            self.writer = SummaryWriter(str(RunDir(output_dir).tensorboard), purge_step=start_iteration)
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
         """Record `metrics` of `iteration` (rank 0 only; other ranks are no-ops)."""
@@ -84,8 +85,8 @@ def progress_line(run_dir: str | Path) -> str | None:
     `it 340/1000 (34%), 85.2 img/s, ETA 00:02:10, DINO loss 0.987 ln K`, plus a warning when the
     self-distillation alarm (`SelfDistillationWatch`) is on at that iteration.
     """
-    run_dir = Path(run_dir)
-    path = run_dir / "training_metrics.jsonl"
+    run = RunDir(run_dir)
+    path = run.metrics
     try:
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         last = json.loads(lines[-1]) if lines else None
@@ -97,7 +98,7 @@ def progress_line(run_dir: str | Path) -> str | None:
     try:
         import yaml
 
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg = yaml.safe_load(run.config.read_text())
         total = int(cfg["optim"]["epochs"]) * int(cfg["train"]["OFFICIAL_EPOCH_LENGTH"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -112,5 +113,5 @@ def progress_line(run_dir: str | Path) -> str | None:
     line = ", ".join(parts)
     if last.get("selfdistill_stalled"):
         line += ("\n  WARNING: self-distillation has not started (DINO loss still at ln K, uniform targets); "
-                 f"see {run_dir / 'log.txt'}")
+                 f"see {run.log}")
     return line

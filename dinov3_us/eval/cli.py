@@ -1,0 +1,85 @@
+"""The command line every `tools/eval_*.py` shares: flags and `section.key=value` overrides -> `EvalConfig` -> run.
+
+`main(task, argv)` is the body of each tool: it resolves the config (defaults <- `--config-file` <-
+flags <- overrides), runs `dinov3_us.eval.protocols.evaluate` under the process group (torchrun,
+srun or a plain process) and prints where the results are. User errors (`DinoUSError`) become one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dinov3_us.configs.config import split_overrides
+from dinov3_us.errors import DinoUSError
+from dinov3_us.eval.config import load_eval_config
+from dinov3_us.eval.protocols import evaluate
+
+# command-line flag -> config key
+FLAG_KEYS = {
+    "pretrained_weights": "model.pretrained_weights",
+    "arch": "model.arch",
+    "in_chans": "model.in_chans",
+    "train_dataset": "data.train_dataset",
+    "val_dataset": "data.val_dataset",
+    "test_datasets": "data.test_datasets",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "num_workers": "data.num_workers",
+    "cache_dir": "features.cache_dir",
+}
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every evaluation command takes."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", help="evaluation YAML (e.g. configs/eval/fpdb_brain_planes.yaml)")
+    p.add_argument("--pretrained-weights", help="'random', an official DINOv3 .pth, or an exported teacher .pth")
+    p.add_argument("--arch", help="vit_test | vit_tiny | vit_small | vit_base | vit_large (needed for random)")
+    p.add_argument("--in-chans", type=int, help="1 or 3 (default: the weights'; random: 1)")
+    p.add_argument("--train-dataset", help="shards spec, e.g. data/fpdb_brain:train")
+    p.add_argument("--val-dataset", help="shards spec, e.g. data/fpdb_brain:val")
+    p.add_argument("--test-datasets", nargs="+", help="one or more shards specs; the first is the headline")
+    p.add_argument("--output-dir", required=True, help="where results.json, summary.md and figures go")
+    p.add_argument("--cache-dir", help="keep the extracted features here (reused when nothing changed)")
+    p.add_argument("--image-size", type=int, help="network input side (default 224)")
+    p.add_argument("--batch-size", type=int, help="feature-extraction batch per process (default 64)")
+    p.add_argument("--num-workers", type=int, help="data-loading workers per process (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. linear.epochs=20)")
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse with options and `section.key=value` overrides in any order.
+
+    `--test-datasets` takes one or more values, so overrides written after it would be read as test
+    sets: values of the form `section.key=value` are moved to the overrides.
+    """
+    args = parser.parse_intermixed_args(argv)
+    if args.test_datasets:
+        test_datasets, moved = split_overrides(args.test_datasets)
+        args.test_datasets = test_datasets or None
+        args.overrides = [*moved, *args.overrides]
+    return args
+
+
+
+def main(task: str, argv: list[str] | None = None, description: str = "") -> int:
+    """Parse, evaluate, and return the exit code: 0, or 2 on a user error."""
+    args = parse_args(build_parser(description or f"{task} evaluation"), argv)
+    try:
+        flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
+        if args.no_progress:
+            flags["features.progress"] = False
+        cfg = load_eval_config(args.config_file, flags, args.overrides)
+        results = evaluate(task, cfg, args.output_dir)
+    except DinoUSError as err:
+        print(f"error (rank {os.environ.get('RANK', '0')}): {err}", file=sys.stderr)
+        return 2
+    if results is not None:
+        print(f"{task}: wrote {Path(args.output_dir) / 'results.json'}")
+    return 0
