@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from dinov3_us.errors import DinoUSError
 from dinov3_us.eval.protocols import PROTOCOLS
 from dinov3_us.run_dir import RunDir
 from dinov3_us.train.trainer import split_dataset_path
-from launchers.common import LaunchError, Resources, partition_gpus
+from launchers.common import LaunchError, Resources, partition_gpus, resolve_cluster
 from launchers.jobs import JOBS_FILE, TERMINAL_STATES, JobsFile, refresh
 from launchers.stages import ConvertJob, EvalJob, PretrainJob, StageJob
 
@@ -327,11 +325,17 @@ def model_info_from_config(cfg: Config) -> dict:
     return {"depth": ARCHS[cfg.student.arch][1], "img_size": cfg.crops.global_crops_size}
 
 
-def safe_name(text: str) -> str:
-    """A job-name-safe version of `text`."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+def launch_cluster(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(cluster, notes) of `--cluster` (a SLURM dry run does not need the controller)."""
+    if args.dry_run and args.cluster == "slurm":
+        return "slurm", []
+    cluster, note = resolve_cluster(args.cluster)
+    return cluster, [note] if note else []
 
 
-def abspath(path: str | os.PathLike) -> Path:
-    """Absolute path without resolving symlinks."""
-    return Path(os.path.abspath(path))
+def launch_resources(args: argparse.Namespace, cluster: str, out: Path, device: str,
+                     nodes: int) -> tuple[Resources, bool, list[str]]:
+    """Refuse a folder whose earlier SLURM launch is still live; (main job's resources, GPUs?, notes)."""
+    if cluster == "slurm" and not args.dry_run:
+        check_previous_jobs(out)
+    return main_resources(cluster, device, nodes, args.gpus_per_node, args.timeout, args.partition, args.dry_run)

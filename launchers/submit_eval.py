@@ -28,16 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.configs import Config  # noqa: E402
 from dinov3_us.run_dir import RunDir  # noqa: E402
-from launchers.common import ClusterOptions, LaunchError, Resources, add_cluster_args, resolve_cluster  # noqa: E402,E501
+from launchers.common import ClusterOptions, LaunchError, Resources, add_cluster_args  # noqa: E402
 from launchers.launch import Launch, plan_and_execute  # noqa: E402
 from launchers.plan import (  # noqa: E402
     LABELLED_SPLITS,
     JobSpec,
-    abspath,
     add_eval_args,
-    check_previous_jobs,
     labelled_shards,
-    main_resources,
+    launch_cluster,
+    launch_resources,
     model_info_from_config,
     model_info_from_teacher,
     parse_eval_requests,
@@ -64,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_weights(weights: str) -> tuple[Path | None, Path | None, dict | None]:
     """(checkpoint to convert or None, teacher file or None, model info) of a --weights argument."""
-    path = abspath(weights)
+    path = RunDir(weights).root
     if path.is_file():
         return None, path, model_info_from_teacher(path)
     if not path.is_dir():
@@ -93,9 +92,7 @@ def resolve_weights(weights: str) -> tuple[Path | None, Path | None, dict | None
 
 def plan(args: argparse.Namespace) -> Launch:
     """Check everything and build the jobs (raises DinoUSError; nothing is submitted)."""
-    cluster, note = resolve_cluster(args.cluster) if not (args.dry_run and args.cluster == "slurm") \
-        else ("slurm", None)
-    notes = [note] if note else []
+    cluster, notes = launch_cluster(args)
     launch = RunDir(args.output_dir)
     out = launch.root
     ckpt, teacher, info = resolve_weights(args.weights)
@@ -106,10 +103,7 @@ def plan(args: argparse.Namespace) -> Launch:
             raise LaunchError(f"--dataset {args.dataset}: not a shards folder with labelled "
                               f"{'/'.join(LABELLED_SPLITS)} splits (no class labels: add --eval-override "
                               "data.label_key=... data.label_bins=N)")
-    if cluster == "slurm" and not args.dry_run:
-        check_previous_jobs(out)
-    main, gpu, res_notes = main_resources(cluster, args.device, 1, args.gpus_per_node, args.timeout,
-                                          args.partition, args.dry_run)
+    main, gpu, res_notes = launch_resources(args, cluster, out, args.device, 1)
     notes += res_notes
     jobs: list[JobSpec] = []
     if ckpt is not None:

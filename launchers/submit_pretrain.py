@@ -30,15 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.configs.config import split_overrides  # noqa: E402
 from dinov3_us.run_dir import RunDir  # noqa: E402
-from launchers.common import ClusterOptions, Resources, add_cluster_args, resolve_cluster  # noqa: E402
+from launchers.common import ClusterOptions, Resources, add_cluster_args  # noqa: E402
 from launchers.launch import Launch, plan_and_execute  # noqa: E402
 from launchers.plan import (  # noqa: E402
     add_eval_args,
     check_output_dir,
-    check_previous_jobs,
     labelled_shards,
+    launch_cluster,
+    launch_resources,
     load_pretrain_config,
-    main_resources,
     model_info_from_config,
     parse_eval_requests,
     plan_evals,
@@ -76,19 +76,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def plan(args: argparse.Namespace) -> Launch:
     """Check everything and build the chain (raises DinoUSError; nothing is submitted)."""
-    cluster, note = resolve_cluster(args.cluster) if not (args.dry_run and args.cluster == "slurm") \
-        else ("slurm", None)
-    notes = [note] if note else []
+    cluster, notes = launch_cluster(args)
     cfg = load_pretrain_config(args.config_file, args.overrides)
     run = RunDir(args.output_dir)
     out = run.root
     note = check_output_dir(out, cfg, args.resume)
     if note:
         notes.append(note)
-    if cluster == "slurm" and not args.dry_run:
-        check_previous_jobs(out)
-    main, gpu, res_notes = main_resources(cluster, cfg.runtime.device, args.nodes, args.gpus_per_node,
-                                          args.timeout, args.partition, args.dry_run)
+    main, gpu, res_notes = launch_resources(args, cluster, out, cfg.runtime.device, args.nodes)
     notes += res_notes
     side = Resources(1, main.tasks_per_node if gpu else 1, main.gpus_per_node if gpu else 0, args.eval_timeout)
     evals = []
