@@ -7,10 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
+
+from dinov3_us.checkpointer import TrainState
 
 REPO = Path(__file__).resolve().parents[2]
 ARGS = ["--config-file", str(REPO / "configs/train/tiny_cpu.yaml"), "optim.epochs=3", "train.OFFICIAL_EPOCH_LENGTH=6",
@@ -34,6 +38,17 @@ def finish(proc: subprocess.Popen) -> str:
 def losses(out: Path) -> dict[int, float]:
     lines = (out / "training_metrics.jsonl").read_text().splitlines()
     return {r["iteration"]: r["total_loss"] for r in map(json.loads, lines)}
+
+
+def train_state(ckpt: Path) -> TrainState:
+    """The loop state stored in a checkpoint (read alone, in this process)."""
+    state = TrainState()
+    sd = {"train": state.state_dict()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(sd, checkpoint_id=str(ckpt), no_dist=True)
+    state.load_state_dict(sd["train"])
+    return state
 
 
 def teacher(out: Path) -> dict:
@@ -60,6 +75,9 @@ def test_sigkill_and_resume_is_exact_and_reshards_to_one_process(tmp_path, phant
     for key, value in teacher(ref).items():
         assert torch.equal(teacher(killed)[key], value), key
     assert losses(killed) == losses(ref)  # every iteration, including those redone after the kill
+    # every rank's skipped-sample counts are in the checkpoint, not only rank 0's
+    data = train_state(killed / "ckpt" / "17").extra["data"]
+    assert data["world_size"] == 2 and len(data["skipped_by_rank"]) == 2
 
     latest = max(int(p.name) for p in (single / "ckpt").iterdir() if p.name.isdigit())
     out = finish(torchrun(1, single, phantom_shards))
