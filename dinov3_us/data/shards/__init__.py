@@ -28,10 +28,10 @@ used by the tests to prove that our shards read back through `wds.WebDataset`):
   current mtime, and no atomic commit: adopting it would change the bytes of every shard (builds are
   byte-reproducible and fingerprinted) for no gain.
 - Speed, measured side by side on the bench's 192 HC18 images (6 shards of 32, page-cached, 2 CPUs,
-  samples per second read out of the tars): all 32 of 32 positions 22,079 (ours) vs 22,089
-  (webdataset `tar_file_iterator` + `group_by_keys`); every 4th position (one worker of 4) 8,325 vs
-  5,460; the last 8 of 32 (a resume) 7,560 vs 5,494. Equal on full passes, faster where resume and
-  workers need it.
+  samples per second read out of the tars, this reader vs webdataset `tar_file_iterator` +
+  `group_by_keys`): all 32 of 32 positions 25,671 vs 21,749; every 4th position (one worker of 4)
+  7,801 vs 5,294; the last 8 of 32 (a resume) 7,380 vs 5,307. On par on full passes, faster where
+  resume and workers need it.
 """
 
 from dinov3_us.data.shards.layout import MANIFEST, is_shard_file, shard_name, split_key
