@@ -23,7 +23,6 @@ setup(
         "numpy>=1.24",
         "pillow>=9.0",
         "pyyaml>=6.0",
-        "webdataset>=0.2.86",
         "submitit>=1.5",
         "tensorboard>=2.14",
         "scikit-learn>=1.3",
@@ -33,7 +32,9 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "ruff>=0.5"],
+        # webdataset: the tests read our shards back through wds.WebDataset to prove compatibility; the
+        # package itself reads and writes tars with tarfile (why: dinov3_us/data/shards/__init__.py).
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "ruff>=0.5", "webdataset>=0.2.86"],
         "xformers": ["xformers>=0.0.28"],
     },
 )

@@ -39,7 +39,7 @@ DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "hc18" / "training_set"
 def make_transform():
     """(transform, description): DataAugmentationDINO with defaults, or a resize fallback."""
     try:
-        from dinov3_us.data.augmentations import DataAugmentationDINO
+        from dinov3_us.data.augment import DataAugmentationDINO
     except ImportError:
         return (lambda im, generator=None: torch.from_numpy(np.asarray(im.resize((224, 224))).copy()),
                 {"transform": "resize 224 (DataAugmentationDINO not importable)"})

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from dinov3_us.data.rng import GeneratorLike, as_rng, check_probability, check_range
+from dinov3_us.data.checks import check_probability, check_range
+from dinov3_us.data.rng import GeneratorLike, as_rng
 from dinov3_us.errors import ConfigError
 
 

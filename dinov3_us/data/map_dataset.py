@@ -15,13 +15,20 @@ import io
 import json
 import logging
 import os
-import tarfile
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dinov3_us.data.shards import check_end, load_manifest, parse_dir_spec, resolve_shards, split_key
+from dinov3_us.data.shards import (
+    READ_ERRORS,
+    check_end,
+    iter_members,
+    load_manifest,
+    open_tar,
+    parse_dir_spec,
+    resolve_shards,
+)
 from dinov3_us.errors import DataError
 
 logger = logging.getLogger("dinov3_us")
@@ -33,18 +40,15 @@ def index_shard(url: str) -> list[tuple[str, dict[str, tuple[int, int]], dict]]:
         raise DataError(f"{url}: the map-style reader needs local (seekable) shards, not pipe: URLs")
     path, samples = url.removeprefix("file:"), []
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, ext = split_key(info.name)
-                if not samples or samples[-1][0] != key:
+        with open_tar(path) as tar:
+            for idx, key, ext, info in iter_members(tar):
+                if idx == len(samples):
                     samples.append((key, {}, {}))
                 samples[-1][1][ext] = (info.offset_data, info.size)
                 if ext == "json":
                     samples[-1][2].update(json.loads(tar.extractfile(info).read()))
             check_end(tar)
-    except (OSError, tarfile.TarError, EOFError, ValueError) as e:
+    except (*READ_ERRORS, ValueError) as e:
         raise DataError(f"{path}: cannot index this shard ({type(e).__name__}: {e})") from None
     return samples
 

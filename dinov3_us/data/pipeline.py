@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 
-from dinov3_us.data.augmentations import DataAugmentationDINO
+from dinov3_us.data.augment import DataAugmentationDINO
 from dinov3_us.data.collate import collate_data_and_cast
 from dinov3_us.data.masking import MaskingGenerator
 from dinov3_us.dtypes import DTYPES

@@ -1,7 +1,7 @@
 """Explicit random-number generators for the data path: the same seed gives the same crops.
 
-Every random transform in `dinov3_us.data` draws from a `numpy.random.Generator` that the caller
-passes in. `as_rng` accepts the forms a caller is likely to hold:
+Every random transform in `dinov3_us.data` (the augmentations, the iBOT masks) draws from a
+`numpy.random.Generator` that the caller passes in. `as_rng` accepts the forms a caller is likely to hold:
 
 - a `numpy.random.Generator`: used as is (its state advances);
 - a `torch.Generator`: one 63-bit seed is drawn from it (its state advances) to seed a numpy one;
@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dinov3_us.data.checks import check_range
 from dinov3_us.errors import ConfigError
 
 GeneratorLike = np.random.Generator | torch.Generator | int | None
@@ -41,26 +42,3 @@ def uniform(rng: np.random.Generator, bounds, key: str = "range") -> float:
     """One draw from U[lo, hi] for `bounds = (lo, hi)`; `key` names the config entry in errors."""
     lo, hi = check_range(bounds, key)
     return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
-
-
-def check_range(bounds, key: str, low: float | None = None, high: float | None = None) -> tuple[float, float]:
-    """Validate a `[lo, hi]` pair (optionally inside [low, high]) and return it as floats."""
-    try:
-        lo, hi = (float(v) for v in bounds)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected a pair [min, max] of numbers, got {bounds!r}") from None
-    if lo > hi or (low is not None and lo < low) or (high is not None and hi > high):
-        where = f" within [{low}, {high}]" if low is not None or high is not None else ""
-        raise ConfigError(f"{key}: expected min <= max{where}, got {bounds!r}")
-    return lo, hi
-
-
-def check_probability(p, key: str) -> float:
-    """Validate a probability in [0, 1] and return it as a float."""
-    try:
-        value = float(p)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected a probability in [0, 1], got {p!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{key}: expected a probability in [0, 1], got {p!r}")
-    return value

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinov3_us.data.image_ops import match_channels, normalize, resize, to_float_tensor
+from dinov3_us.data.augment.image_ops import match_channels, normalize, resize, to_float_tensor
 from dinov3_us.data.map_dataset import ShardMapDataset
 from dinov3_us.data.shards import parse_dir_spec
 from dinov3_us.errors import ConfigError, DataError

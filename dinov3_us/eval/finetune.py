@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dinov3_us.data.image_ops import hflip, match_channels, normalize, to_float_tensor
+from dinov3_us.data.augment.image_ops import hflip, match_channels, normalize, to_float_tensor
+from dinov3_us.data.augment.transforms import RandomResizedCrop
 from dinov3_us.data.map_dataset import rank_indices
-from dinov3_us.data.transforms import RandomResizedCrop
 from dinov3_us.distributed import collective_device, get_rank, get_world_size
 from dinov3_us.errors import ConfigError, DataError
 from dinov3_us.eval.config import FinetuneConfig

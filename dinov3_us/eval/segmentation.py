@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dinov3_us.data.image_ops import match_channels, to_float_tensor
+from dinov3_us.data.augment.image_ops import match_channels, to_float_tensor
 from dinov3_us.errors import ConfigError, DataError
 from dinov3_us.eval.config import SegmentationConfig
 from dinov3_us.eval.features import FeatureSet

@@ -23,6 +23,7 @@ from dinov3_us.checkpointer.export import full_state_dict, save_backbone
 from dinov3_us.configs import Config, write_config
 from dinov3_us.data.loader import make_data_loader
 from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
+from dinov3_us.data.shards import split_specs
 from dinov3_us.distributed import DistInfo, all_gather_object, all_reduce_max, destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError, DinoUSError
 from dinov3_us.fsdp import parallelize_meta_arch
@@ -64,7 +65,7 @@ def pretrain(cfg: Config, run_dir: str | Path) -> int:
 
 def split_dataset_path(spec: str) -> list[str]:
     """`train.dataset_path`: one or several shard specs separated by ';'."""
-    parts = [p.strip() for p in spec.split(";") if p.strip()]
+    parts = split_specs(spec)
     if not parts:
         raise DinoUSError("train.dataset_path is empty: give a shards directory written by tools/build_dataset.py")
     return parts

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinov3_us.data.augmentations import DataAugmentationDINO
+from dinov3_us.data.augment import DataAugmentationDINO
 from dinov3_us.data.collate import collate_data_and_cast
 from dinov3_us.data.masking import MaskingGenerator
 from dinov3_us.errors import ConfigError

@@ -1,19 +1,29 @@
-"""Dataset specs -> shards (manifest folders, brace patterns, pipe: URLs) and reading samples from a tar."""
+"""The shard format: dataset specs -> shards, the manifest, the key rule, reading and writing a tar."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 
 import pytest
 
+from dinov3_us.data.curation.merge import iter_shard
+from dinov3_us.data.curation.records import SkipLog
 from dinov3_us.data.shards import (
     Shard,
+    ShardWriter,
     count_samples,
     expand_braces,
+    is_shard_file,
+    iter_samples,
+    load_manifest,
     read_samples,
     resolve_shards,
+    shard_name,
     split_key,
+    split_specs,
+    write_manifest,
     write_shard,
 )
 from dinov3_us.errors import DataError
@@ -106,3 +116,51 @@ def test_read_samples_positions_and_truncation(curated):
     assert 0 < len(found) < 4 and all(len(m) == 3 for _, m in found.values())
     found, err = read_samples(str(curated / "absent.tar"), [0])
     assert found == {} and "FileNotFoundError" in err
+
+
+def test_split_specs_splits_on_semicolons():
+    assert split_specs("a:train; b ;;c/x-{0..1}.tar ") == ["a:train", "b", "c/x-{0..1}.tar"]
+    assert split_specs(" ; ") == []
+
+
+def test_writer_is_deterministic_and_commits_atomically(tmp_path):
+    samples = [("k0", {"png": b"a", "json": b"{}"}), ("k1", {"png": b"b", "json": b"{}", "mask.png": b"m"})]
+    assert write_shard(tmp_path / "a.tar", samples) == 2
+    writer = ShardWriter(tmp_path / shard_name("train", 3))
+    assert writer.name == "train-000003.tar" and not writer.path.exists() and is_shard_file(writer.tmp.name)
+    for key, members in samples:
+        writer.write(key, members)
+    assert writer.close() == "train-000003.tar"
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "train-000003.tar").read_bytes()
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        assert {(i.mtime, i.uid, i.gid, i.mode, i.uname) for i in tar} == {(0, 0, 0, 0o644, "")}
+    aborted = ShardWriter(tmp_path / "train-000004.tar")
+    aborted.write("k", {"png": b"x"})
+    aborted.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar", "train-000003.tar"]
+    assert not is_shard_file("manifest.json") and is_shard_file("val-000000.tar.tmp")
+
+
+def test_manifest_round_trip_and_validation(tmp_path):
+    manifest = {"shards": {"train": [{"url": "train-000000.tar", "n": 3}]}, "labels": ["a"]}
+    write_manifest(tmp_path, manifest)
+    assert load_manifest(tmp_path) == manifest
+    with pytest.raises(DataError, match="expected {'url': ..., 'n': int >= 0}"):
+        write_manifest(tmp_path, {"shards": {"train": [{"url": "x.tar", "n": -1}]}})
+    with pytest.raises(DataError, match="'shards' mapping"):
+        write_manifest(tmp_path, {"counts": {}})
+    assert load_manifest(tmp_path) == manifest  # a rejected manifest does not replace the file
+
+
+def test_merge_and_loaders_read_keys_by_one_rule(tmp_path):
+    write_shard(tmp_path / "d.tar", [("dir/k0", {"png": b"a"}), ("dir/k1", {"png": b"b", "mask.png": b"m"})])
+    expected = [("dir/k0", {"png": b"a"}), ("dir/k1", {"png": b"b", "mask.png": b"m"})]
+    assert [(k, m) for _, k, m in iter_samples(str(tmp_path / "d.tar"))] == expected
+    skips = SkipLog(strict=False)
+    assert list(iter_shard(tmp_path / "d.tar", skips, expected=2)) == expected and skips.counts == {}
+    data = (tmp_path / "d.tar").read_bytes()
+    with tarfile.open(tmp_path / "d.tar") as tar:
+        boundary = tar.getmembers()[-1].offset  # cut between k1's png and its mask: k1 is incomplete
+    (tmp_path / "cut.tar").write_bytes(data[:boundary])
+    assert list(iter_shard(tmp_path / "cut.tar", skips, expected=2)) == expected[:1]
+    assert skips.counts == {"truncated_shard": 1}

@@ -11,8 +11,8 @@ dataset it reads.
 """
 
 from dinov3_us.data.curation.build import build_dataset
-from dinov3_us.data.curation.merge import load_manifest, merge_datasets
+from dinov3_us.data.curation.merge import merge_datasets
 from dinov3_us.data.curation.options import BuildConfig
 from dinov3_us.data.curation.sources import SOURCES
 
-__all__ = ["SOURCES", "BuildConfig", "build_dataset", "load_manifest", "merge_datasets"]
+__all__ = ["SOURCES", "BuildConfig", "build_dataset", "merge_datasets"]

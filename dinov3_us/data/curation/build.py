@@ -24,7 +24,7 @@ from dinov3_us.data.curation.preprocess import process_record
 from dinov3_us.data.curation.records import Record, Skip, SkipLog, dedupe_keys, natural_key
 from dinov3_us.data.curation.sources import get_source
 from dinov3_us.data.curation.splits import check_disjoint
-from dinov3_us.data.curation.writer import Journal, ShardWriter, dump_json
+from dinov3_us.data.curation.writer import Journal, dump_json, open_shard, write_sample
 
 logger = logging.getLogger("dinov3_us")
 
@@ -49,8 +49,8 @@ class _Shard:
 
     def add(self, sample) -> None:
         if self.writer is None:
-            self.writer = ShardWriter(self.out, self.split, self.index)
-        self.writer.write(sample)
+            self.writer = open_shard(self.out, self.split, self.index)
+        write_sample(self.writer, sample)
         label = "null" if sample.meta["label"] is None else str(sample.meta["label"])
         self.counts[label] = self.counts.get(label, 0) + 1
         self.hashes[sample.key] = f"{sample.phash:016x}"

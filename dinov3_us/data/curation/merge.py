@@ -11,62 +11,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
 from dinov3_us.data.curation.dedup import HashIndex
-from dinov3_us.data.curation.outputs import MANIFEST, count_table, prepare_out, split_rank, write_outputs
+from dinov3_us.data.curation.outputs import count_table, prepare_out, split_rank, write_outputs
 from dinov3_us.data.curation.records import Sample, SkipLog
-from dinov3_us.data.curation.writer import ShardWriter, dump_json
+from dinov3_us.data.curation.writer import dump_json, open_shard, write_sample
+from dinov3_us.data.shards import READ_ERRORS, iter_samples, load_manifest
 from dinov3_us.errors import DataError
-
-
-def load_manifest(folder: Path) -> dict:
-    """The manifest.json of a curated folder, or a `DataError` saying what was expected."""
-    path = Path(folder) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: not found (expected a folder written by tools/build_dataset.py)") from exc
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):
-        raise DataError(f"{path}: no 'shards' table (expected a manifest written by tools/build_dataset.py)")
-    return manifest
 
 
 def iter_shard(path: Path, skips: SkipLog, expected: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of a tar shard; damage is counted in `skips` and ends the shard.
 
-    A shard cut at a member boundary reads as a shorter valid tar: with `expected` (the manifest's
-    count) given, fewer samples than that also count as `truncated_shard`.
+    The reading (key rule, end-of-archive check) is `dinov3_us.data.shards.iter_samples`: a shard cut
+    inside a sample or at a member boundary is a `truncated_shard`, the samples before the cut are
+    kept. With `expected` (the manifest's count) given, a whole tar with fewer samples also counts.
     """
-    key, members, n = None, {}, 0
+    n = 0
     try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                base = info.name.rsplit("/", 1)[-1]
-                k, _, ext = base.partition(".")
-                if k != key and key is not None:
-                    n += 1
-                    yield key, members
-                    members = {}
-                key = k
-                members[ext] = tar.extractfile(info).read()
+        for _, key, members in iter_samples(str(path)):
+            n += 1
+            yield key, members
     except FileNotFoundError:
         skips.add("missing_shard", str(path))
         return
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except READ_ERRORS as exc:
         skips.add("truncated_shard", str(path), f"{type(exc).__name__}: {exc}; last partial sample dropped")
         return
-    if key is not None:
-        n += 1
-        yield key, members
     if expected is not None and n < expected:
         skips.add("truncated_shard", str(path), f"{n} of {expected} samples (cut at a member boundary)")
 
@@ -109,8 +84,8 @@ def merge_datasets(inputs: list[Path], out: Path, shard_size: int = 1000, dedup:
                         continue
                     index.add(key, h)
                     if writer is None:
-                        writer = ShardWriter(out, split, sum(e["split"] == split for e in entries))
-                    writer.write(Sample(key, members["png"], members.get("mask.png"), meta, h))
+                        writer = open_shard(out, split, sum(e["split"] == split for e in entries))
+                    write_sample(writer, Sample(key, members["png"], members.get("mask.png"), meta, h))
                     label = "null" if meta.get("label") is None else str(meta["label"])
                     counts[label] = counts.get(label, 0) + 1
                     hashes[key] = h

@@ -1,6 +1,7 @@
 """The files around the shards: `manifest.json`, `hashes.json`, `skipped.tsv`, and cleaning an output folder.
 
-`manifest.json` is what loaders read::
+`manifest.json` is what loaders read (file name, required `shards` table and its reading / writing:
+`dinov3_us.data.shards.manifest`); a build writes::
 
     {"source": "fpdb", "task": "brain-planes", "labels": [...],
      "counts": {"train": {"Trans-thalamic": 700, ...}, "unlabelled": {"null": 335}},
@@ -11,20 +12,18 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from dinov3_us.data.curation.dedup import to_hex
 from dinov3_us.data.curation.options import FORMAT_VERSION
 from dinov3_us.data.curation.writer import JOURNAL
+from dinov3_us.data.shards import MANIFEST, is_shard_file, load_manifest, write_manifest
 from dinov3_us.errors import DataError
 from dinov3_us.fileio import write_atomic, write_json_atomic
 
-MANIFEST = "manifest.json"
 HASHES = "hashes.json"
 SKIPPED = "skipped.tsv"
 SPLIT_ORDER = ("test", "val", "train", "unlabelled")
-_SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar(\.tmp)?$")
 
 
 def split_rank(split: str) -> tuple:
@@ -43,19 +42,17 @@ def prepare_out(out: Path, fingerprint: str, overwrite: bool) -> None:
         DataError: when `out` holds a finished dataset built with other arguments and `overwrite`
             is not set.
     """
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for path in out.iterdir():
-            if path.is_file() and (_SHARD_RE.match(path.name) or path.name in (MANIFEST, HASHES, SKIPPED, JOURNAL)):
+            if path.is_file() and (is_shard_file(path.name) or path.name in (MANIFEST, HASHES, SKIPPED, JOURNAL)):
                 path.unlink()
         return
     manifest = out / MANIFEST
     if manifest.is_file() and not (out / JOURNAL).is_file():
         try:
-            previous = json.loads(manifest.read_text()).get("fingerprint")
-        except (ValueError, AttributeError):
+            previous = load_manifest(out).get("fingerprint")
+        except DataError:
             previous = None
         if previous != fingerprint:
             raise DataError(
@@ -83,7 +80,7 @@ def write_outputs(out: Path, manifest: dict, hashes: dict[str, int], skipped: li
     write_json_atomic(out / HASHES, {k: to_hex(h) for k, h in sorted(hashes.items())}, sort_keys=True)
     lines = ["reason\tfile\tdetail"] + ["\t".join(str(c).replace("\t", " ") for c in e) for e in skipped]
     write_atomic(out / SKIPPED, ("\n".join(lines) + "\n").encode())
-    write_json_atomic(out / MANIFEST, manifest, sort_keys=True)
+    write_manifest(out, manifest)
 
 
 def assemble_manifest(cfg, plan, prep, dedup, fingerprint, entries, skips, splits) -> dict:

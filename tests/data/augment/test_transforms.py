@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from dinov3_us.data import ultrasound as us
-from dinov3_us.data.image_ops import to_float_tensor
-from dinov3_us.data.rng import as_rng
-from dinov3_us.data.sector import Sector, SectorResizedCrop
-from dinov3_us.data.transforms import (
+from dinov3_us.data.augment import ultrasound as us
+from dinov3_us.data.augment.image_ops import to_float_tensor
+from dinov3_us.data.augment.sector import Sector, SectorResizedCrop
+from dinov3_us.data.augment.transforms import (
     ColorJitter,
     GaussianBlur,
     RandomHorizontalFlip,
     RandomResizedCrop,
     RandomSolarize,
 )
-from dinov3_us.data.ultrasound_augment import UltrasoundAugment
+from dinov3_us.data.augment.ultrasound_augment import UltrasoundAugment
+from dinov3_us.data.rng import as_rng
 from dinov3_us.errors import ConfigError
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinov3_us.data.image_ops import hflip, resized_crop, to_grayscale
-from dinov3_us.data.rng import GeneratorLike, as_rng, check_probability, check_range
+from dinov3_us.data.augment.image_ops import hflip, resized_crop, to_grayscale
+from dinov3_us.data.checks import check_probability, check_range
+from dinov3_us.data.rng import GeneratorLike, as_rng
 
 
 class RandomResizedCrop:

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dinov3_us.data.image_ops import resized_crop, to_grayscale
-from dinov3_us.data.rng import GeneratorLike, as_rng, check_probability
-from dinov3_us.data.transforms import RandomResizedCrop, center_box
+from dinov3_us.data.augment.image_ops import resized_crop, to_grayscale
+from dinov3_us.data.augment.transforms import RandomResizedCrop, center_box
+from dinov3_us.data.checks import check_probability
+from dinov3_us.data.rng import GeneratorLike, as_rng
 
 
 def _largest_component(on: np.ndarray) -> np.ndarray:

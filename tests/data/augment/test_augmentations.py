@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dinov3_us.data.augmentations import DataAugmentationDINO, default_augment_config
-from dinov3_us.data.image_ops import to_float_tensor
-from dinov3_us.data.sector import Sector, SectorResizedCrop
-from dinov3_us.data.transforms import RandomResizedCrop
+from dinov3_us.data.augment import DataAugmentationDINO, default_augment_config
+from dinov3_us.data.augment.image_ops import to_float_tensor
+from dinov3_us.data.augment.sector import Sector, SectorResizedCrop
+from dinov3_us.data.augment.transforms import RandomResizedCrop
 from dinov3_us.errors import ConfigError
 
 OFF = {k: 0.0 for k in default_augment_config() if k.endswith("_p") or k.startswith("blur_p")}

@@ -1,8 +1,8 @@
-"""Random ultrasound augmentation: samples the parameters of `dinov3_us.data.ultrasound` per crop.
+"""Random ultrasound augmentation: samples the parameters of `dinov3_us.data.augment.ultrasound` per crop.
 
 Order (the acoustic chain): acoustic shadow -> depth attenuation -> speckle -> TGC -> gamma (grey
-map). Each step is applied with its own probability; keys and defaults are `ULTRASOUND_DEFAULTS`
-(they live in the `augment:` config section, see `dinov3_us.data.augmentations`).
+map). Each step is applied with its own probability; keys are `ULTRASOUND_KEYS`, their
+defaults those of the `augment:` section of `ssl_default_config.yaml` (`ULTRASOUND_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -12,26 +12,30 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from dinov3_us.data import ultrasound as us
-from dinov3_us.data.rng import GeneratorLike, as_rng, check_probability, check_range
+from dinov3_us.data.augment import ultrasound as us
+from dinov3_us.data.augment.defaults import AUGMENT_DEFAULTS
+from dinov3_us.data.checks import check_probability, check_range
+from dinov3_us.data.rng import GeneratorLike, as_rng
 from dinov3_us.errors import ConfigError
 
-# key: default. `*_p` are probabilities per crop; [a, b] pairs are ranges drawn uniformly.
-ULTRASOUND_DEFAULTS: dict = {
-    "speckle_p": 0.3,
-    "speckle_sigma": [0.05, 0.25],  # std of the multiplicative gamma noise (mean 1)
-    "speckle_grain": [1.0, 2.0],  # speckle grain size in output pixels
-    "tgc_p": 0.3,
-    "tgc_gain_db": 6.0,  # each TGC slider in [-gain, +gain] dB (amplitude)
-    "tgc_points": 5,  # number of TGC sliders spread over the sector depth
-    "attenuation_p": 0.2,
-    "attenuation_db": [0.0, 6.0],  # extra loss at the sector bottom, dB
-    "gamma_p": 0.3,
-    "gamma_range": [0.7, 1.5],  # drawn log-uniformly
-    "shadow_p": 0.1,
-    "shadow_strength": [0.4, 0.8],  # fraction of intensity removed in the shadow core
-    "shadow_width": [0.03, 0.1],  # half-width as a fraction of the crop width
-}
+# The `augment:` keys of this transform (defaults: `ssl_default_config.yaml`). `*_p` are probabilities
+# per crop; [a, b] pairs are ranges drawn uniformly.
+ULTRASOUND_KEYS = (
+    "speckle_p",
+    "speckle_sigma",  # std of the multiplicative gamma noise (mean 1)
+    "speckle_grain",  # speckle grain size in output pixels
+    "tgc_p",
+    "tgc_gain_db",  # each TGC slider in [-gain, +gain] dB (amplitude)
+    "tgc_points",  # number of TGC sliders spread over the sector depth
+    "attenuation_p",
+    "attenuation_db",  # extra loss at the sector bottom, dB
+    "gamma_p",
+    "gamma_range",  # drawn log-uniformly
+    "shadow_p",
+    "shadow_strength",  # fraction of intensity removed in the shadow core
+    "shadow_width",  # half-width as a fraction of the crop width
+)
+ULTRASOUND_DEFAULTS: dict = {k: AUGMENT_DEFAULTS[k] for k in ULTRASOUND_KEYS}
 
 _RANGES = {
     "speckle_sigma": (0.0, 1.0),

@@ -4,7 +4,7 @@ All act on a float32 tensor [C, H, W] in [0, 1] and return a new one, clamped to
 depth (the probe face is at the top); `depth` is a numpy array [H] of normalised depths in [0, 1]
 (0 = top of the scan sector, 1 = its bottom), so a crop gets the gain of the depth it came from.
 All are multiplicative (or a power law), so the black background outside the sector stays black.
-The random wrapper that samples their parameters is `dinov3_us.data.ultrasound_augment`.
+The random wrapper that samples their parameters is `dinov3_us.data.augment.ultrasound_augment`.
 """
 
 from __future__ import annotations

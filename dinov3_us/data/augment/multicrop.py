@@ -3,7 +3,7 @@
 Per image: 2 global crops and `local_crops_number` local crops, each a random resized crop (bicubic,
 aspect 3/4-4/3, inside the scan sector when `augment.sector_crop`), a horizontal flip (p=0.5 when
 `crops.horizontal_flips`), the ultrasound transforms (shadow, depth attenuation, speckle, TGC,
-gamma; `dinov3_us.data.ultrasound_augment`), colour jitter (p=0.8; brightness/contrast, plus
+gamma; `dinov3_us.data.augment.ultrasound_augment`), colour jitter (p=0.8; brightness/contrast, plus
 saturation and random grayscale for RGB), Gaussian blur (global 1: p=1.0, global 2: p=0.1, local:
 p=0.5) and solarize (global 2: p=0.2), then normalisation. Output, as the official:
 `global_crops` [2 x [C, G, G]], `global_crops_teacher` (same tensors unless
@@ -15,9 +15,10 @@ augmentations (RGB input with `in_chans=1` is converted to luma). 1-channel outp
 with `augment.gray_mean` / `augment.gray_std` (default: the means of `crops.rgb_mean` /
 `crops.rgb_std`, 0.449 / 0.226 for ImageNet's); 3-channel output with `rgb_mean` / `rgb_std`.
 
-Config keys and defaults: `dinov3_us.data.augment_config` (`default_augment_config()` gives the
-whole `augment:` section). Reproducibility: `aug(image, generator)` with the same seed gives the
-same crops; `generator=None` draws from torch's global RNG (seeded per DataLoader worker).
+Config keys: `dinov3_us.data.augment.config`; defaults (keyword defaults here included): the
+`crops:` / `augment:` sections of `ssl_default_config.yaml` (`dinov3_us.data.augment.defaults`).
+Reproducibility: `aug(image, generator)` with the same seed gives the same crops; `generator=None`
+draws from torch's global RNG (seeded per DataLoader worker).
 """
 
 from __future__ import annotations
@@ -27,20 +28,14 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from dinov3_us.data.augment_config import (  # noqa: F401  (re-exported)
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    check_stats,
-    default_augment_config,
-    kwargs_from_config,
-    positive_int,
-    split_augment,
-)
-from dinov3_us.data.image_ops import hflip, match_channels, normalize, resize, resized_crop, to_float_tensor
-from dinov3_us.data.rng import GeneratorLike, as_rng, check_range
-from dinov3_us.data.sector import Sector, SectorResizedCrop
-from dinov3_us.data.transforms import ColorJitter, GaussianBlur, RandomGrayscale, RandomSolarize
-from dinov3_us.data.ultrasound_augment import UltrasoundAugment
+from dinov3_us.data.augment.config import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, kwargs_from_config, split_augment
+from dinov3_us.data.augment.defaults import CROPS_DEFAULTS, PATCH_SIZE_DEFAULT
+from dinov3_us.data.augment.image_ops import hflip, match_channels, normalize, resize, resized_crop, to_float_tensor
+from dinov3_us.data.augment.sector import Sector, SectorResizedCrop
+from dinov3_us.data.augment.transforms import ColorJitter, GaussianBlur, RandomGrayscale, RandomSolarize
+from dinov3_us.data.augment.ultrasound_augment import UltrasoundAugment
+from dinov3_us.data.checks import check_range, check_stats, positive_int
+from dinov3_us.data.rng import GeneratorLike, as_rng
 from dinov3_us.errors import ConfigError
 
 
@@ -69,13 +64,13 @@ class DataAugmentationDINO:
         global_crops_scale,
         local_crops_scale,
         local_crops_number: int,
-        global_crops_size: int = 224,
-        local_crops_size: int = 96,
+        global_crops_size: int = CROPS_DEFAULTS["global_crops_size"],
+        local_crops_size: int = CROPS_DEFAULTS["local_crops_size"],
         gram_teacher_crops_size: int | None = None,
         gram_teacher_no_distortions: bool = False,
         teacher_no_color_jitter: bool = False,
         local_crops_subset_of_global_crops: bool = False,
-        patch_size: int = 16,
+        patch_size: int = PATCH_SIZE_DEFAULT,
         share_color_jitter: bool = False,
         horizontal_flips: bool = True,
         mean=IMAGENET_DEFAULT_MEAN,
@@ -125,7 +120,7 @@ class DataAugmentationDINO:
 
     @classmethod
     def from_config(cls, cfg: Mapping, in_chans: int | None = None) -> DataAugmentationDINO:
-        """Build from a run config with `crops`, `augment` (and `student`) sections; see `augment_config`."""
+        """Build from a run config with `crops`, `augment` (and `student`) sections (see `config`)."""
         return cls(**kwargs_from_config(cfg, in_chans))
 
     def _finish(self, img: torch.Tensor) -> torch.Tensor:
