@@ -27,11 +27,11 @@ used by the tests to prove that our shards read back through `wds.WebDataset`):
 - `wds.TarWriter` writes USTAR headers with user/group `bigdata`, mode 0444 and (unless set) the
   current mtime, and no atomic commit: adopting it would change the bytes of every shard (builds are
   byte-reproducible and fingerprinted) for no gain.
-- Speed, measured side by side on the bench's 192 HC18 images (6 shards of 32, page-cached, 2 CPUs,
-  samples per second read out of the tars, this reader vs webdataset `tar_file_iterator` +
-  `group_by_keys`): all 32 of 32 positions 25,671 vs 21,749; every 4th position (one worker of 4)
-  7,801 vs 5,294; the last 8 of 32 (a resume) 7,380 vs 5,307. On par on full passes, faster where
-  resume and workers need it.
+- Speed, side by side in one run (`python bench/bench_tar_reader.py`, `bench/results/tar_reader.json`:
+  192 HC18 images in 6 shards of 32, page-cached, 2 CPUs, samples/s out of the tars, this reader vs
+  webdataset `tar_file_iterator` + `group_by_keys`): every position 21,971 vs 20,228 (x1.09); every
+  4th position (one worker of 4) 8,200 vs 5,053 (x1.62); the last quarter (a resume) 7,495 vs 5,055
+  (x1.48). On par on full passes, faster where resume and workers need it.
 """
 
 from dinov3_us.data.shards.layout import MANIFEST, is_shard_file, shard_name, split_key
