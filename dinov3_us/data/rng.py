@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dinov3_us.data.checks import check_range
 from dinov3_us.errors import ConfigError
 
 GeneratorLike = np.random.Generator | torch.Generator | int | None
@@ -36,9 +35,3 @@ def as_rng(generator: GeneratorLike = None) -> np.random.Generator:
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
         return np.random.default_rng(int(generator))
     raise ConfigError(f"generator: expected a numpy/torch Generator, an int seed or None, got {type(generator)!r}")
-
-
-def uniform(rng: np.random.Generator, bounds, key: str = "range") -> float:
-    """One draw from U[lo, hi] for `bounds = (lo, hi)`; `key` names the config entry in errors."""
-    lo, hi = check_range(bounds, key)
-    return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
