@@ -26,6 +26,8 @@ import logging
 import os
 from collections import Counter
 
+import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from dinov3_us.data.mixing import MixturePlan, mixture_shards
@@ -38,6 +40,8 @@ logger = logging.getLogger("dinov3_us")
 
 STATE_VERSION = 1
 
+
+_LOADER_SALT = 0x10AD  # separates the DataLoader's generator seeds from the stream's
 
 def _passthrough(item):
     return item
@@ -90,9 +94,15 @@ class StreamingLoader:
         if s.num_batches() == 0:  # the previous pass stopped right after the epoch's last batch
             self.set_epoch(self.epoch + 1)
             s.epoch, s.start = self.epoch, 0
+        # Its own generator: `iter(DataLoader)` draws the workers' base seed from it, and drawing from the
+        # global RNG instead would shift every later random op (drop path, RoPE jitter) by when the
+        # iterator was made: at an epoch start in one run, at the resume point in a resumed one.
+        entropy = np.random.SeedSequence([_LOADER_SALT, s.seed, s.rank, self.epoch, self.position])
+        generator = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
         loader = DataLoader(s, batch_size=None, num_workers=self.num_workers, collate_fn=_passthrough,
                             pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
-                            multiprocessing_context=self.multiprocessing_context, in_order=True)
+                            multiprocessing_context=self.multiprocessing_context, in_order=True,
+                            generator=generator)
         for batch, info in loader:
             if info["epoch"] != self.epoch or info["start"] != self.position:
                 raise RuntimeError(f"internal: batch {info} arrived out of order (expected position {self.position})")
