@@ -8,15 +8,22 @@
     OUT/eval/<name>/                 one evaluation: results.json, summary.md, figures
     OUT/eval/comparison.md           the table of all evaluations of the run
     OUT/jobs.json, submitit/         the launch (launchers only)
+    OUT/.train.lock                  held (flock) by the training that writes into OUT
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dinov3_us.checkpointer.checkpointer import complete_checkpoints
+from dinov3_us.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,11 @@ class RunDir:
         return self.root / "jobs.json"
 
     @property
+    def lock_file(self) -> Path:
+        """Held by the training that writes into this folder (`training_lock`)."""
+        return self.root / ".train.lock"
+
+    @property
     def report(self) -> Path:
         """The table of every evaluation of the run."""
         return self.root / "eval" / "comparison.md"
@@ -88,3 +100,27 @@ class RunDir:
     def of_checkpoint(cls, ckpt: str | os.PathLike) -> RunDir:
         """The run a checkpoint folder `OUT/ckpt/<iteration>` belongs to."""
         return cls(Path(os.path.abspath(ckpt)).parent.parent)
+
+
+@contextlib.contextmanager
+def training_lock(run: RunDir) -> Iterator[None]:
+    """Hold `run`'s lock for a training (one process: rank 0); ConfigError when another process holds it.
+
+    An advisory `flock`: the kernel drops it when the holder exits, also by a crash or kill -9, so a
+    dead run never leaves the folder locked. The holder writes who it is into the file for the message.
+    """
+    run.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"{run.root} is in use by another training ({holder}): wait for it to end, or use "
+                              "another --output-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from dinov3_us.configs import Config, load_config
-from dinov3_us.configs.config import flatten
+from dinov3_us.configs.config import config_differences
 from dinov3_us.data.shards import load_manifest, parse_dir_spec, resolve_shards
 from dinov3_us.errors import DinoUSError
 from dinov3_us.eval.protocols import PROTOCOLS
@@ -187,13 +187,6 @@ def load_pretrain_config(config_file: str | None, overrides: list[str]) -> Confi
     return cfg
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
-    """`key: old -> new` for every key whose value differs between two resolved configs."""
-    a, b = flatten(old or {}), flatten(new)
-    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>")]
-
-
 def check_output_dir(out: Path, cfg: Config, resume: bool) -> str | None:
     """Refuse an output folder holding a run with another config unless `resume`; returns a note or None."""
     path = out / "config.yaml"
@@ -290,11 +283,12 @@ def _sinfo_available() -> bool:
 
 
 def pretrain_chain(cfg_file: str | None, overrides: list[str], run: RunDir, cwd: str, main: Resources,
-                   side: Resources, evals: list[JobSpec]) -> list[JobSpec]:
+                   side: Resources, evals: list[JobSpec], allow_config_change: bool = False) -> list[JobSpec]:
     """pretrain -> convert -> evaluations."""
     config = str(Path(cfg_file).resolve()) if cfg_file else None
     jobs = [
-        JobSpec("pretrain", "pretrain", PretrainJob("pretrain", run, cwd, config, list(overrides)), main, [],
+        JobSpec("pretrain", "pretrain",
+                PretrainJob("pretrain", run, cwd, config, list(overrides), allow_config_change), main, [],
                 [str(run.ckpt), str(run.metrics), str(run.log)]),
         JobSpec("convert", "convert", ConvertJob("convert", run, cwd, source=run), Resources(1, 1, 0, side.timeout_min),
                 ["pretrain"], [str(run.teacher), str(run.teacher.with_suffix(".json"))]),

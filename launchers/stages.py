@@ -204,11 +204,13 @@ class PretrainJob(StageJob, submitit.helpers.Checkpointable):
 
     config_file: str | None = None
     overrides: list[str] = field(default_factory=list)
+    allow_config_change: bool = False  # the launcher's --resume
 
     def command(self) -> str:
         """`python tools/train.py ...`."""
         config = ["--config-file", self.config_file] if self.config_file else []
-        return shlex.join(["python", "tools/train.py", *config, "--output-dir", str(self.launch.root),
+        change = ["--allow-config-change"] if self.allow_config_change else []
+        return shlex.join(["python", "tools/train.py", *config, "--output-dir", str(self.launch.root), *change,
                            *self.overrides])
 
     def work(self, ctx: JobContext) -> int:
@@ -216,7 +218,8 @@ class PretrainJob(StageJob, submitit.helpers.Checkpointable):
         from dinov3_us.configs import load_config
         from dinov3_us.train.trainer import pretrain
 
-        return pretrain(load_config(self.config_file, self.overrides), self.launch)
+        return pretrain(load_config(self.config_file, self.overrides), self.launch,
+                        allow_config_change=self.allow_config_change)
 
     def __call__(self) -> dict:
         ctx = JobContext.current()

@@ -96,7 +96,8 @@ def plan(args: argparse.Namespace) -> Launch:
         else:
             evals = plan_evals(requests, run.teacher, run, os.getcwd(), default_data, args.eval_override,
                                model_info_from_config(cfg))
-    jobs = pretrain_chain(args.config_file, args.overrides, run, os.getcwd(), main, side, evals)
+    jobs = pretrain_chain(args.config_file, args.overrides, run, os.getcwd(), main, side, evals,
+                          allow_config_change=args.resume)
     return Launch("dinov3_us pretraining", cluster, out, jobs, ClusterOptions.from_args(args),
                   args.command_line, notes)
 

@@ -4,7 +4,13 @@
 FSDP2), `TrainState` (loop position) and, per rank, `RNGState`.
 """
 
-from dinov3_us.checkpointer.checkpointer import MARKER, CheckpointManager, invalid_reason
+from dinov3_us.checkpointer.checkpointer import (
+    MARKER,
+    CheckpointManager,
+    NoUsableCheckpointError,
+    damaged_files,
+    invalid_reason,
+)
 from dinov3_us.checkpointer.rng import RNGState, capture_rng_state, restore_rng_state
 from dinov3_us.checkpointer.states import ModelOptimizerState, TrainState
 
@@ -12,9 +18,11 @@ __all__ = [
     "MARKER",
     "CheckpointManager",
     "ModelOptimizerState",
+    "NoUsableCheckpointError",
     "RNGState",
     "TrainState",
     "capture_rng_state",
+    "damaged_files",
     "invalid_reason",
     "restore_rng_state",
 ]

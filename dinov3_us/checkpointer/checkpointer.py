@@ -6,13 +6,17 @@ On-disk layout of `ckpt_dir`:
         .metadata             DCP metadata (written by rank 0)
         __<r>_0.distcp        DCP data written by rank r (sharded tensors, deduplicated replicated ones)
         rank<r>.pt            per-rank states of rank r (`rank_states`, e.g. RNG), `torch.save` of a dict
-        COMPLETE.json         marker written last: iteration, world size, time, every file and its size
+        COMPLETE.json         marker written last: iteration, world size, time, every file, its size and
+                              its CRC-32 (each rank checksums the files it wrote)
     .tmp-<iteration>/         a save in progress (or a crashed one): never loaded, removed by the next save
     .trash-<iteration>-<ns>/  a checkpoint being deleted (renamed first so that it vanishes atomically)
 
 A save writes into `.tmp-<iteration>/`, waits for every rank, then rank 0 writes the marker and renames
 the folder to `<iteration>/`: a crash at any point leaves the previous checkpoints intact. A folder is
-*complete* when its marker exists and every file it lists has the listed size.
+*complete* when its marker exists and every file it lists has the listed size (`invalid_reason`, cheap);
+its contents are *intact* when every file has the recorded CRC-32 (`damaged_files`, read once per load,
+the files shared out over the ranks, and by the conversion). A failed save (disk full, a rank's error)
+raises a `CheckpointError` on every rank and leaves nothing but the previous checkpoints.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import shutil
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,8 @@ from dinov3_us.fileio import fsync_dir, fsync_file, write_atomic
 logger = logging.getLogger("dinov3_us")
 
 MARKER = "COMPLETE.json"
+CHECKSUM = "crc32"  # COMPLETE.json key: {file name: 8 hex digits}
+_CHUNK = 16 << 20
 TMP_PREFIX, TRASH_PREFIX = ".tmp-", ".trash-"
 _MAX_LISTED = 20
 
@@ -51,6 +58,26 @@ def _listing(keys: set[str]) -> str:
     shown = sorted(keys)[:_MAX_LISTED]
     more = f" ... and {len(keys) - len(shown)} more" if len(keys) > len(shown) else ""
     return ", ".join(shown) + more
+
+
+def file_crc32(path: Path) -> str:
+    """CRC-32 of a file's contents as 8 hex digits (zlib, ~5 GiB/s: a damage detector, not a signature)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def damaged_files(path: Path, names: list[str] | None = None) -> list[str]:
+    """The files of checkpoint `path` (all listed ones, or `names`) whose CRC-32 differs from COMPLETE.json's.
+
+    A checkpoint written before checksums were recorded has none to compare: [] (sizes are still checked
+    by `invalid_reason`).
+    """
+    recorded = json.loads((path / MARKER).read_text()).get(CHECKSUM, {})
+    return [name for name in (sorted(recorded) if names is None else names)
+            if name in recorded and file_crc32(path / name) != recorded[name]]
 
 
 def invalid_reason(path: Path) -> str | None:
@@ -75,6 +102,20 @@ def invalid_reason(path: Path) -> str | None:
     return None
 
 
+def _written_by(name: str, rank: int) -> bool:
+    """Whether rank `rank` wrote checkpoint file `name` (DCP's `__<rank>_<i>.distcp`, our `rank<r>.pt`)."""
+    return name.startswith(f"__{rank}_") or name == f"rank{rank}.pt"
+
+
+def _short_error(e: BaseException) -> str:
+    """One line for an exception; for DCP's CheckpointException, the first failing rank's own exception."""
+    if isinstance(e, CheckpointException) and e.failures:
+        rank, (inner, _) = next(iter(sorted(e.failures.items(), key=lambda kv: kv[0])))
+        return f"{_short_error(inner)} (rank {rank})"
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" + ("..." if len(text) > 300 else "")
+
+
 def checkpoint_folders(ckpt_dir: Path) -> list[tuple[int, Path]]:
     """(iteration, folder) of every `ckpt_dir/<iteration>` folder, complete or not, oldest first."""
     if not ckpt_dir.is_dir():
@@ -92,6 +133,10 @@ def complete_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
         else:
             logger.warning("Skipping checkpoint %s: %s", path, reason)
     return complete
+
+
+class NoUsableCheckpointError(CheckpointError):
+    """Checkpoints exist but none can be loaded: resuming would silently start over."""
 
 
 class CheckpointManager:
@@ -177,33 +222,45 @@ class CheckpointManager:
         self._barrier()
         local = {name: st.state_dict() for name, st in (rank_states or {}).items()}  # before any write
         planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)  # global values: rank 0's copy
-        with self._quiet():
-            dcp.save({name: st.state_dict() for name, st in states.items()}, storage_writer=dcp.FileSystemWriter(tmp),
-                     planner=planner, process_group=self.process_group, no_dist=not self.distributed)
-        error = None
-        if rank_states is not None:
-            try:
+        error, checksums = None, {}
+        try:
+            with self._quiet():
+                dcp.save({name: st.state_dict() for name, st in states.items()},
+                         storage_writer=dcp.FileSystemWriter(tmp), planner=planner, process_group=self.process_group,
+                         no_dist=not self.distributed)
+            if rank_states is not None:
                 torch.save(local, tmp / f"rank{rank}.pt")
                 fsync_file(tmp / f"rank{rank}.pt")
-            except OSError as e:
-                error = f"{type(e).__name__}: {e}"
+            checksums = {p.name: file_crc32(p) for p in sorted(tmp.iterdir()) if _written_by(p.name, rank)}
+        except (OSError, CheckpointException) as e:  # disk full, quota, a rank's failed write
+            error = _short_error(e)
         if self.before_commit is not None:
             self.before_commit(tmp)
-        errors = [(r, err) for r, err in enumerate(self._gather(error)) if err is not None]  # also a barrier
+        gathered = self._gather((error, checksums))  # also a barrier
+        errors = [(r, err) for r, (err, _) in enumerate(gathered) if err is not None]
         if errors:
-            raise CheckpointError(f"saving {tmp} failed on rank {errors[0][0]}: {errors[0][1]} (not committed)")
+            free = shutil.disk_usage(self.ckpt_dir).free / 2**20  # a full disk often shows as a torch.save error
+            if rank == 0:
+                self._delete(tmp)
+            raise CheckpointError(f"saving checkpoint {final} failed on rank {errors[0][0]}: {errors[0][1]} "
+                                  f"({free:.0f} MiB free in {self.ckpt_dir}; nothing committed; the latest "
+                                  f"checkpoint is {self.latest()})")
         if rank == 0:
-            self._commit(tmp, final, iteration, sorted(states), sorted(rank_states or {}))
+            merged = {name: crc for _, sums in gathered for name, crc in sums.items()}
+            self._commit(tmp, final, iteration, sorted(states), sorted(rank_states or {}), merged)
         self._barrier()
         if rank == 0:
             self._apply_keep_policy()
         logger.info("Saved checkpoint %s (%.1f s)", final, time.monotonic() - start)
         return final
 
-    def _commit(self, tmp: Path, final: Path, iteration: int, names: list[str], rank_names: list[str]) -> None:
+    def _commit(self, tmp: Path, final: Path, iteration: int, names: list[str], rank_names: list[str],
+                checksums: dict[str, str]) -> None:
         files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        checksums = {name: checksums.get(name) or file_crc32(tmp / name) for name in files}  # + unclaimed files
         info = {"iteration": iteration, "world_size": self.world_size, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "states": names, "rank_states": rank_names, "torch": torch.__version__, "files": files}
+                "states": names, "rank_states": rank_names, "torch": torch.__version__, "files": files,
+                CHECKSUM: checksums}
         write_atomic(tmp / MARKER, json.dumps(info, indent=1))  # fsyncs the marker and the folder
         trash = None
         if final.exists():
@@ -250,7 +307,9 @@ class CheckpointManager:
 
         Raises:
             CheckpointError: keys do not match `states` (missing/unexpected: a different model, never
-                a fallback), `path` is incomplete or unloadable, or every checkpoint failed to load.
+                a fallback), `path` is incomplete, damaged or unloadable.
+            NoUsableCheckpointError: checkpoint folders exist but none is complete, intact and loadable
+                (a caller that means to start over calls `set_aside()`).
         """
         _check_names(states)
         if path is not None:
@@ -260,11 +319,25 @@ class CheckpointManager:
                 raise CheckpointError(f"checkpoint {path}: {reason}")
         else:
             candidates = self.complete_checkpoints()
+            folders = self._folders()
+            if folders and not candidates:
+                reasons = "; ".join(f"{p.name}: {invalid_reason(p)}" for _, p in folders[-3:])
+                raise NoUsableCheckpointError(f"{self.ckpt_dir} holds {len(folders)} checkpoint folder(s) and none is "
+                                              f"complete ({reasons})")
         if not candidates:
             logger.info("No checkpoint in %s: starting from scratch", self.ckpt_dir)
             return None
         failures = []
         for ckpt in candidates:
+            damaged = self._damaged(ckpt)
+            if damaged:
+                message = (f"checkpoint {ckpt} is damaged: {', '.join(damaged[:5])} do not match the CRC-32 "
+                           f"recorded in its {MARKER}")
+                if path is not None:
+                    raise CheckpointError(message)
+                failures.append(message)
+                logger.warning("%s; falling back to the previous checkpoint", message)
+                continue
             error = None
             try:
                 loaded = self._read(ckpt, states, rank_states)
@@ -287,7 +360,29 @@ class CheckpointManager:
                 raise CheckpointError(message)
             failures.append(message)
             logger.warning("%s; falling back to the previous checkpoint", message)
-        raise CheckpointError("no checkpoint could be loaded: " + "; ".join(failures))
+        raise NoUsableCheckpointError(f"no checkpoint in {self.ckpt_dir} could be loaded: " + "; ".join(failures))
+
+    def set_aside(self) -> Path | None:
+        """Move every checkpoint folder into `ckpt_dir/unusable-<time>/` (kept, never loaded); collective.
+
+        For a run told to start over although its checkpoints cannot be used: nothing is deleted.
+        """
+        target = None
+        if self.rank == 0 and self._folders():
+            target = self.ckpt_dir / time.strftime("unusable-%Y%m%d-%H%M%S")
+            target.mkdir()
+            for _, path in self._folders():
+                os.replace(path, target / path.name)
+            fsync_dir(self.ckpt_dir)
+            logger.warning("Moved the unusable checkpoints of %s to %s; starting from scratch", self.ckpt_dir, target)
+        self._barrier()
+        return target
+
+    def _damaged(self, ckpt: Path) -> list[str]:
+        """Files of `ckpt` whose contents do not match their CRC-32 (collective: each rank checks a share)."""
+        names = sorted(json.loads((ckpt / MARKER).read_text()).get(CHECKSUM, {}))
+        return sorted(n for share in self._gather(damaged_files(ckpt, names[self.rank :: self.world_size]))
+                      for n in share)
 
     def _read(self, ckpt: Path, states: dict[str, Any], rank_states: dict[str, Any] | None):
         """Check keys, then read `ckpt` into load targets (tensors in place); returns (iteration, targets, local)."""

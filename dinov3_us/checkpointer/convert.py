@@ -19,7 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from dinov3_us.checkpointer.checkpointer import invalid_reason
+from dinov3_us.checkpointer.checkpointer import damaged_files, invalid_reason
 from dinov3_us.checkpointer.export import save_backbone
 from dinov3_us.configs import load_config
 from dinov3_us.errors import CheckpointError
@@ -46,6 +46,9 @@ def iter_tensors(ckpt: str | os.PathLike, prefix: str) -> Iterator[tuple[str, to
     reason = invalid_reason(ckpt)
     if reason:
         raise CheckpointError(f"{ckpt} is not a complete checkpoint: {reason}")
+    damaged = damaged_files(ckpt)
+    if damaged:
+        raise CheckpointError(f"{ckpt} is damaged: {', '.join(damaged)} do not match the CRC-32 in its COMPLETE.json")
     reader = FileSystemReader(str(ckpt))
     for key, meta in sorted(_tensor_keys(ckpt).items()):
         if not key.startswith(prefix):

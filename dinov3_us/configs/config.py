@@ -250,3 +250,10 @@ def write_config(cfg: Config, output_dir: str | os.PathLike, name: str = "config
     path = write_atomic(Path(output_dir) / name, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     logger.info("wrote resolved config to %s", path)
     return path
+
+
+def config_differences(old: Mapping, new: Mapping) -> list[str]:
+    """`key: old -> new` for every key whose value differs between two resolved configs (nested dicts)."""
+    a, b = flatten(old or {}), flatten(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")]

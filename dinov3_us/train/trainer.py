@@ -11,16 +11,19 @@ complete checkpoint by itself and, on SIGUSR1/SIGUSR2/SIGTERM, checkpoints and r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import yaml
 
-from dinov3_us.checkpointer import CheckpointManager, ModelOptimizerState, RNGState, TrainState
+from dinov3_us.checkpointer import CheckpointManager, ModelOptimizerState, NoUsableCheckpointError, RNGState, TrainState
 from dinov3_us.checkpointer.export import full_state_dict, save_backbone
 from dinov3_us.configs import Config, write_config
+from dinov3_us.configs.config import config_differences
 from dinov3_us.data.loader import make_data_loader
 from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
 from dinov3_us.data.shards import split_specs
@@ -29,7 +32,7 @@ from dinov3_us.errors import ConfigError, DinoUSError
 from dinov3_us.fsdp import parallelize_meta_arch
 from dinov3_us.log import setup_logging
 from dinov3_us.models import load_backbone_weights, vit_kwargs
-from dinov3_us.run_dir import RunDir
+from dinov3_us.run_dir import RunDir, training_lock
 from dinov3_us.train.flops import peak_tflops, training_flops_per_image
 from dinov3_us.train.metric_logger import MetricLogger
 from dinov3_us.train.monitor import CollapseWatch, SelfDistillationWatch
@@ -45,22 +48,63 @@ class NonFiniteLossError(DinoUSError, RuntimeError):
     """Too many consecutive steps with a non-finite loss."""
 
 
-def pretrain(cfg: Config, run_dir: str | Path) -> int:
+def pretrain(cfg: Config, run_dir: str | Path, *, allow_config_change: bool = False, start_over: bool = False) -> int:
     """Train `cfg` into `run_dir` (resuming from its latest checkpoint); 0, or `REQUEUE_EXIT_CODE` when preempted.
 
-    Starts the process group (torchrun, srun, a submitit job or one plain process), logs to
-    `run_dir/log.txt` (rank 0) and destroys the group at the end.
+    Starts the process group (torchrun, srun, a submitit job or one plain process), refuses a folder
+    that another training holds or whose config differs (unless `allow_config_change`), takes the
+    folder's lock (rank 0), logs to `run_dir/log.txt` (rank 0) and destroys the group at the end.
+    Preemption signals (USR1/USR2/TERM) are caught from the start: one during start-up stops the run
+    before its first step, with `REQUEUE_EXIT_CODE`. With `start_over`, checkpoints that cannot be used
+    are moved aside (`ckpt/unusable-<time>/`) instead of stopping the run.
 
     Raises:
-        DinoUSError: a user error (bad config, data or weights).
+        DinoUSError: a user error (bad config, data or weights, a busy or foreign run folder,
+            checkpoints that exist but cannot be used).
     """
     run = RunDir(run_dir)
+    flag = PreemptionFlag().install()
     try:
         info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
-        setup_logging(run.root, info.rank)
-        return Trainer(cfg, run, info).run()
+        check_run_config(run, cfg, allow_config_change)
+        with contextlib.ExitStack() as stack:
+            busy = None
+            if info.is_main:
+                try:
+                    stack.enter_context(training_lock(run))
+                except ConfigError as err:
+                    busy = str(err)
+            busy = next((b for b in all_gather_object(busy) if b), None)
+            if busy:
+                raise ConfigError(busy)
+            setup_logging(run.root, info.rank)
+            return Trainer(cfg, run, info, start_over=start_over).run(flag)
     finally:
+        flag.restore()
         destroy_distributed()
+
+
+def check_run_config(run: RunDir, cfg: Config, allow_change: bool) -> None:
+    """Refuse to continue the run in `run` with a config other than the one it was started with.
+
+    Raises:
+        ConfigError: `run/config.yaml` differs from `cfg` (the differing keys are listed) and
+            `allow_change` is not set, or it is not readable YAML.
+    """
+    if not run.config.is_file():
+        return
+    try:
+        old = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{run.config} is not valid YAML ({err}); use another --output-dir") from None
+    diffs = config_differences(old if isinstance(old, dict) else {}, cfg.to_dict())
+    if not diffs:
+        return
+    shown = "; ".join(diffs[:8]) + (f"; ... ({len(diffs)} keys)" if len(diffs) > 8 else "")
+    if not allow_change:
+        raise ConfigError(f"{run.root} holds a run with another config ({shown}): use another --output-dir, or "
+                          "--allow-config-change to continue that run with this config")
+    logger.warning("continuing %s with a changed config: %s", run.root, shown)
 
 
 def split_dataset_path(spec: str) -> list[str]:
@@ -74,8 +118,9 @@ def split_dataset_path(spec: str) -> list[str]:
 class Trainer:
     """Owns the model, optimizer, schedules, data loader, checkpoints and telemetry of one pretraining run."""
 
-    def __init__(self, cfg: Config, output_dir: str | Path, dist_info: DistInfo | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Config, output_dir: str | Path, dist_info: DistInfo | None = None, *,
+                 start_over: bool = False) -> None:
+        self.cfg, self.start_over = cfg, start_over
         self.run_dir = RunDir(output_dir)
         self.dist = dist_info or init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
         if self.dist.is_main:
@@ -135,7 +180,14 @@ class Trainer:
 
     def resume(self) -> int:
         """Load the latest complete checkpoint if any; returns the first iteration to run."""
-        loaded = self.checkpointer.load(self._states(), rank_states={"rng": RNGState()})
+        try:
+            loaded = self.checkpointer.load(self._states(), rank_states={"rng": RNGState()})
+        except NoUsableCheckpointError as err:
+            if not self.start_over:
+                raise NoUsableCheckpointError(f"{err}. Not starting from scratch over them: repair or move them, "
+                                              "or pass --start-over (they are moved aside, not deleted)") from None
+            self.checkpointer.set_aside()
+            loaded = None
         if loaded is None:
             return 0
         self.selfdistill.load_state_dict(self.train_state.extra.get("selfdistill", {}))
@@ -159,17 +211,25 @@ class Trainer:
         return save_backbone(state, self.run_dir.export(iteration), arch, iteration=iteration,
                              source=str(self.run_dir.root))
 
-    def run(self) -> int:
-        """Train until the end of the schedule; returns 0, or `REQUEUE_EXIT_CODE` after a preemption signal."""
+    def run(self, flag: PreemptionFlag | None = None) -> int:
+        """Train until the end of the schedule; returns 0, or `REQUEUE_EXIT_CODE` after a preemption signal.
+
+        `flag`: preemption handlers installed earlier by the caller (`pretrain` installs them before the
+        model is built); None installs them here.
+        """
         cfg = self.cfg
+        own_flag = flag is None
+        flag = PreemptionFlag().install() if own_flag else flag
         start = self.resume()
-        flag = PreemptionFlag().install()
         metric_logger = MetricLogger(self.run_dir.root, self.total_iterations, start, enabled=self.dist.is_main)
         eval_period, log_period = cfg.evaluation.eval_period_iterations, cfg.train.log_period
         global_batch = cfg.train.batch_size_per_gpu * self.dist.world_size
         bad_steps, last_saved, last_exported, exit_code = 0, start - 1, None, 0
         batches = self.loader.infinite()
         t_last, it = time.perf_counter(), start - 1
+        if all_reduce_max(float(flag.requested)) > 0:  # signalled during start-up: nothing new to save
+            exit_code, start = REQUEUE_EXIT_CODE, self.total_iterations
+            logger.warning("preempted before the first step; exiting with %d for requeue", exit_code)
         try:
             for it in range(start, self.total_iterations):
                 batch = next(batches)
@@ -212,13 +272,14 @@ class Trainer:
                     exit_code = REQUEUE_EXIT_CODE
                     break
         finally:
-            flag.restore()
+            if own_flag:
+                flag.restore()
             metric_logger.close()
         final = self.total_iterations - 1
         if exit_code == 0 and start <= final and last_exported != final:
             self.export_teacher(final)
         if dist.is_initialized():
             dist.barrier()
-        logger.info("stopped after iteration %d (exit code %d)", it, exit_code)
+        logger.info("stopped after %d/%d iterations (exit code %d)", it + 1, self.total_iterations, exit_code)
         return exit_code
 

@@ -5,14 +5,28 @@ from __future__ import annotations
 import json
 import logging
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from dinov3_us.checkpointer import MARKER, CheckpointManager, ModelOptimizerState, RNGState, TrainState
+from dinov3_us.checkpointer import (
+    MARKER,
+    CheckpointManager,
+    ModelOptimizerState,
+    NoUsableCheckpointError,
+    RNGState,
+    TrainState,
+    damaged_files,
+    invalid_reason,
+)
 from dinov3_us.errors import CheckpointError, ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Tiny(nn.Module):
@@ -234,3 +248,65 @@ def test_saving_an_iteration_again_replaces_it(tmp_path):
     model2, _ = make(1)
     assert ckpt.load({"model": ModelOptimizerState(model2, None)}) == 3
     assert torch.equal(model2.head.bias, torch.full((3,), 7.0))
+
+
+def test_damage_at_the_same_size_is_caught_by_the_checksums(tmp_path, caplog):
+    model, opt = make(0)
+    states = {"model": ModelOptimizerState(model, opt)}
+    ckpt = manager(tmp_path)
+    step(model, opt, 1)
+    ckpt.save(1, states)
+    first = snapshot(model)
+    step(model, opt, 2)
+    ckpt.save(2, states)
+    info = json.loads((ckpt.ckpt_dir / "2" / MARKER).read_text())
+    assert set(info["crc32"]) == set(info["files"]) and damaged_files(ckpt.ckpt_dir / "2") == []
+    data = next((ckpt.ckpt_dir / "2").glob("*.distcp"))
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit of one tensor: DCP reads it without complaint
+    data.write_bytes(bytes(raw))
+    assert invalid_reason(ckpt.ckpt_dir / "2") is None and damaged_files(ckpt.ckpt_dir / "2") == [data.name]
+    model2, opt2 = make(5)
+    caplog.set_level(logging.WARNING, logger="dinov3_us")
+    assert ckpt.load({"model": ModelOptimizerState(model2, opt2)}) == 1
+    assert f"checkpoint {ckpt.ckpt_dir / '2'} is damaged: {data.name}" in caplog.text
+    assert all(torch.equal(model2.state_dict()[k], v) for k, v in first.items())
+    with pytest.raises(CheckpointError, match="damaged"):
+        ckpt.load({"model": ModelOptimizerState(model2, opt2)}, ckpt.ckpt_dir / "2")
+
+
+def test_checkpoints_none_of_which_is_usable_stop_the_run_until_set_aside(tmp_path):
+    model, opt = make(0)
+    states = {"model": ModelOptimizerState(model, opt)}
+    ckpt = manager(tmp_path)
+    ckpt.save(1, states)
+    ckpt.save(2, states)
+    for it in (1, 2):
+        (ckpt.ckpt_dir / str(it) / MARKER).unlink()
+    with pytest.raises(NoUsableCheckpointError, match="holds 2 checkpoint folder.*none is complete"):
+        ckpt.load(states)
+    aside = ckpt.set_aside()
+    assert sorted(p.name for p in aside.iterdir()) == ["1", "2"] and ckpt.load(states) is None
+
+
+def test_a_failed_save_raises_everywhere_and_leaves_only_the_previous_checkpoints(tmp_path):
+    """A real write failure (the file-size limit, EFBIG, as a full disk gives ENOSPC) in a child process."""
+    code = f"""
+import resource, signal, sys, torch
+sys.path.insert(0, {str(REPO)!r})
+from dinov3_us.checkpointer import CheckpointManager, TrainState
+from dinov3_us.errors import CheckpointError
+ckpt = CheckpointManager({str(tmp_path / "ckpt")!r}, period=1, max_to_keep=5, keep_every=0)
+ckpt.save(1, {{"train": TrainState()}})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    ckpt.save(2, {{"train": TrainState(extra={{"big": torch.zeros(100_000)}})}})
+except CheckpointError as err:
+    print("ERROR", err)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR saving checkpoint" in proc.stdout and "File too large" in proc.stdout, proc.stdout
+    assert "nothing committed" in proc.stdout and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1"]
