@@ -1,5 +1,7 @@
 """Turn one `Record` into a `Sample`: decode, mask overlays, grayscale, crop to the sector, resize, hash, encode.
 
+Decoded pixels become uint8 through `bitdepth.to_uint8` (16-bit and float inputs rescaled, not clipped).
+
 `process_record` is the per-image worker (module-level so a multiprocessing pool can pickle it). It
 never raises for bad input: an empty, unreadable or truncated file, or a missing / mismatched mask,
 comes back as a `Skip` with a reason, which the builder counts.
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from dinov3_us.data.curation.bitdepth import to_uint8
 from dinov3_us.data.curation.dedup import phash, to_hex
 from dinov3_us.data.curation.pixels import annotation_mask, fill_outline, inpaint_mean, sector_box
 from dinov3_us.data.curation.records import Record, Sample, Skip
@@ -92,9 +95,7 @@ def process_record(record: Record, prep: PrepOptions) -> Sample | Skip:
     mask = _load_mask(record, orig_size) if record.mask_path else None
     if isinstance(mask, Skip):
         return mask
-    arr = np.asarray(image.convert("RGB" if image.mode not in ("L", "I;16", "I", "F") else "L"))
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr.astype(np.float64) * (255.0 / max(float(arr.max()), 1.0)), 0, 255).astype(np.uint8)
+    arr = to_uint8(image)  # 16-bit / float inputs rescaled by their bit depth, not clipped (see bitdepth)
     overlay = annotation_mask(arr) if prep.mask_text else None
     out = Image.fromarray(arr)
     out = out.convert("L") if prep.grayscale else out
