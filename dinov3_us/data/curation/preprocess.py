@@ -14,7 +14,7 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dinov3_us.data.curation.bitdepth import to_uint8
 from dinov3_us.data.curation.dedup import phash, to_hex
@@ -41,7 +41,12 @@ class PrepOptions:
 
 def decode(raw: bytes) -> Image.Image:
     """Fully decode image bytes (raises one of `DECODE_ERRORS` on corrupt or truncated data)."""
-    image = Image.open(io.BytesIO(raw))
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except UnidentifiedImageError:
+        # PIL's message names the buffer by its repr (`<_io.BytesIO object at 0x7f...>`), an address that
+        # changes from run to run; skipped.tsv must be byte-reproducible, so say what is wrong instead.
+        raise UnidentifiedImageError("cannot identify image file: not an image format PIL can read") from None
     image.load()
     return image
 
