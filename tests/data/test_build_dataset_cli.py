@@ -1,12 +1,17 @@
 """`tools/build_dataset.py` end to end in a subprocess: builds, merges, damaged shards, one-line errors."""
 
+import argparse
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 from curation_testutil import check_consistent
+
+from dinov3_us.data.curation import SOURCES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,3 +98,24 @@ def test_rerun_is_byte_identical_and_other_arguments_need_overwrite(tmp_path):
     assert result.returncode == 2 and "--overwrite" in result.stderr
     result = run("--source", "phantom", "--out", tmp_path / "x", "--num-samples", 6, "--overwrite", "--no-progress")
     assert result.returncode == 0 and json.loads((tmp_path / "x" / "manifest.json").read_text())["num_samples"] == 6
+
+
+def test_help_lists_every_task_of_every_source_and_every_default():
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # help lines wrap at spaces only, never inside a name
+    words = set(re.findall(r"[\w-]+", text))
+    for name, module in SOURCES.items():
+        assert name in words
+        for task in module.TASKS:
+            assert task in words, f"--help omits task {task!r} of --source {name}"
+    for name, module in SOURCES.items():
+        assert module.DEFAULT_TASK is None or f"{module.DEFAULT_TASK} (default)" in text, name
+    spec = importlib.util.spec_from_file_location("build_dataset_tool", REPO / "tools" / "build_dataset.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    no_default = {"help", "source", "merge", "out", "root"}  # required, or one of the two modes
+    for action in tool.build_parser()._actions:
+        if action.dest in no_default or isinstance(action, argparse._StoreTrueAction):
+            continue
+        assert "default" in (action.help or ""), f"--help of {action.option_strings} states no default"

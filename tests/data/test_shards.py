@@ -13,6 +13,7 @@ from dinov3_us.data.curation.records import SkipLog
 from dinov3_us.data.shards import (
     Shard,
     ShardWriter,
+    check_shards,
     count_samples,
     expand_braces,
     is_shard_file,
@@ -164,3 +165,40 @@ def test_merge_and_loaders_read_keys_by_one_rule(tmp_path):
     (tmp_path / "cut.tar").write_bytes(data[:boundary])
     assert list(iter_shard(tmp_path / "cut.tar", skips, expected=2)) == expected[:1]
     assert skips.counts == {"truncated_shard": 1}
+
+
+def test_a_manifest_listing_missing_or_empty_shards_fails_at_resolve(tmp_path):
+    """A copy of a curated folder with shards deleted / emptied: one DataError before any sample is read."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dinov3_us.data.loader import make_data_loader
+
+    built = tmp_path / "built"
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[2] / "tools" / "build_dataset.py"), "--source",
+           "phantom", "--out", str(built), "--num-samples", "60", "--image-size", "32", "--shard-size", "4",
+           "--no-progress"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    total = len(resolve_shards(str(copy)))
+    assert total >= 8
+    (copy / "train-000001.tar").unlink()
+    with pytest.raises(DataError, match=rf"^1 of {total} local shard files .*train-000001\.tar \(missing\)"):
+        resolve_shards(str(copy))
+    with pytest.raises(DataError, match=r"train-000001\.tar \(missing\)"):
+        make_data_loader(str(copy), batch_size=2)  # the training loader's path: fails before the first batch
+    (copy / "train-000003.tar").write_bytes(b"")
+    for name in ("train-000000.tar", "train-000002.tar", "val-000000.tar"):
+        (copy / name).unlink()
+    n_train_val = len(resolve_shards(f"{built}:train,val"))
+    with pytest.raises(DataError, match=rf"^5 of {n_train_val} .*000\.tar \(missing\), .*001\.tar \(missing\), .*"
+                                        r"002\.tar \(missing\) and 2 more \(re-run tools/build_dataset\.py"):
+        resolve_shards(f"{copy}:train,val")
+    with pytest.raises(DataError, match=r"^1 of 1 .*train-000003\.tar \(0 bytes\)"):
+        check_shards([Shard(str(copy / "train-000003.tar"), 4)])
+    untouched = [(Path(s.url).name, s.n) for s in resolve_shards(f"{copy}:test")]  # other splits still resolve
+    assert untouched == [(Path(s.url).name, s.n) for s in resolve_shards(f"{built}:test")]
+    # pipe: urls are not checked (they can only be known by running them)
+    assert resolve_shards([(f"pipe:cat {copy}/train-000001.tar", 4)]) == [Shard(f"pipe:cat {copy}/train-000001.tar", 4)]

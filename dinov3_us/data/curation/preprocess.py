@@ -1,5 +1,7 @@
 """Turn one `Record` into a `Sample`: decode, mask overlays, grayscale, crop to the sector, resize, hash, encode.
 
+Decoded pixels become uint8 through `bitdepth.to_uint8` (16-bit and float inputs rescaled, not clipped).
+
 `process_record` is the per-image worker (module-level so a multiprocessing pool can pickle it). It
 never raises for bad input: an empty, unreadable or truncated file, or a missing / mismatched mask,
 comes back as a `Skip` with a reason, which the builder counts.
@@ -12,8 +14,9 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from dinov3_us.data.curation.bitdepth import to_uint8
 from dinov3_us.data.curation.dedup import phash, to_hex
 from dinov3_us.data.curation.pixels import annotation_mask, fill_outline, inpaint_mean, sector_box
 from dinov3_us.data.curation.records import Record, Sample, Skip
@@ -38,7 +41,12 @@ class PrepOptions:
 
 def decode(raw: bytes) -> Image.Image:
     """Fully decode image bytes (raises one of `DECODE_ERRORS` on corrupt or truncated data)."""
-    image = Image.open(io.BytesIO(raw))
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except UnidentifiedImageError:
+        # PIL's message names the buffer by its repr (`<_io.BytesIO object at 0x7f...>`), an address that
+        # changes from run to run; skipped.tsv must be byte-reproducible, so say what is wrong instead.
+        raise UnidentifiedImageError("cannot identify image file: not an image format PIL can read") from None
     image.load()
     return image
 
@@ -92,9 +100,7 @@ def process_record(record: Record, prep: PrepOptions) -> Sample | Skip:
     mask = _load_mask(record, orig_size) if record.mask_path else None
     if isinstance(mask, Skip):
         return mask
-    arr = np.asarray(image.convert("RGB" if image.mode not in ("L", "I;16", "I", "F") else "L"))
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr.astype(np.float64) * (255.0 / max(float(arr.max()), 1.0)), 0, 255).astype(np.uint8)
+    arr = to_uint8(image)  # 16-bit / float inputs rescaled by their bit depth, not clipped (see bitdepth)
     overlay = annotation_mask(arr) if prep.mask_text else None
     out = Image.fromarray(arr)
     out = out.convert("L") if prep.grayscale else out

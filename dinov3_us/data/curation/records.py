@@ -19,6 +19,8 @@ from dinov3_us.errors import DataError
 
 logger = logging.getLogger("dinov3_us")
 
+# The address in a default object repr (`<_io.BytesIO object at 0x7f...>`), dropped from skip details.
+_ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 # Reasons that are by design (not bad input): they never become errors under --strict.
 BENIGN_PREFIXES = ("excluded_label", "near_duplicate")
 
@@ -60,7 +62,11 @@ class Skip:
 
 
 class SkipLog:
-    """Counts skipped inputs by reason; logs each one (debug) and raises under `strict` for bad input."""
+    """Counts skipped inputs by reason; logs each one (debug) and raises under `strict` for bad input.
+
+    Entries are what `skipped.tsv` lists, so they must not vary between runs: object addresses
+    (` at 0x...` of a default repr) are removed from details.
+    """
 
     def __init__(self, strict: bool = False):
         self.strict = strict
@@ -69,6 +75,7 @@ class SkipLog:
 
     def add(self, reason: str, where: str, detail: str = "") -> None:
         """Record one skipped input; under `strict`, raise `DataError` unless the reason is benign."""
+        detail = _ADDRESS.sub("", detail)  # a repr's `at 0x7f...` differs per run: outputs stay reproducible
         if self.strict and not reason.startswith(BENIGN_PREFIXES):
             raise DataError(f"{where}: {reason}{': ' + detail if detail else ''} (--strict)")
         self.entries.append([reason, where, detail])

@@ -6,8 +6,8 @@ the basename) and `manifest.json` (`{"shards": {split: [{"url", "n"}]}, ...}`). 
 
 - `layout`: the manifest file name, shard file names and the sample-key rule;
 - `manifest`: `Shard`, reading / validating / writing `manifest.json`;
-- `specs`: dataset specs (`DIR:split`, brace patterns, `pipe:` URLs) -> `Shard`s, and `split_specs`
-  for `train.dataset_path` (`;`-separated specs);
+- `specs`: dataset specs (`DIR:split`, brace patterns, `pipe:` URLs) -> `Shard`s (local files checked
+  to exist: `check_shards`), and `split_specs` for `train.dataset_path` (`;`-separated specs);
 - `reader`: samples out of a tar by position (`read_samples`, `iter_samples`), `count_samples`;
 - `writer`: `ShardWriter` / `write_shard`, deterministic tar bytes committed atomically.
 
@@ -45,7 +45,7 @@ from dinov3_us.data.shards.reader import (
     open_tar,
     read_samples,
 )
-from dinov3_us.data.shards.specs import expand_braces, parse_dir_spec, resolve_shards, split_specs
+from dinov3_us.data.shards.specs import check_shards, expand_braces, parse_dir_spec, resolve_shards, split_specs
 from dinov3_us.data.shards.writer import ShardWriter, write_shard
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "Shard",
     "ShardWriter",
     "check_end",
+    "check_shards",
     "count_samples",
     "expand_braces",
     "is_shard_file",

@@ -11,6 +11,9 @@ to compute an epoch's order, see `dinov3_us.data.streaming`):
   is counted by streaming it once, so prefer a manifest for remote data;
 - a list of any of these, of `Shard`s, of `(url, n)` pairs or of `{"url", "n"}` dicts.
 
+`resolve_shards` checks that every local shard it returns is a plausible tar file (`check_shards`);
+remote ones are read as they come.
+
 `train.dataset_path` holds one or several specs separated by `;` (one per pool, see `data.pool_weights`).
 """
 
@@ -20,14 +23,19 @@ import contextlib
 import logging
 import os
 import re
+import stat
+import tarfile
 from pathlib import Path
 
 from dinov3_us.data.shards.layout import MANIFEST
-from dinov3_us.data.shards.manifest import Shard, manifest_shards, shard_entry
+from dinov3_us.data.shards.manifest import Shard, is_remote, manifest_shards, shard_entry
 from dinov3_us.data.shards.reader import count_samples
 from dinov3_us.errors import DataError
 
 logger = logging.getLogger("dinov3_us")
+
+# The smallest possible tar: its end-of-archive marker, two zero blocks (our writer pads to 10 KiB).
+_TAR_MIN_BYTES = 2 * tarfile.BLOCKSIZE
 
 
 def split_specs(dataset_path: str) -> list[str]:
@@ -82,7 +90,44 @@ def _count_from_sibling_manifest(path: str) -> int | None:
 
 
 def resolve_shards(spec) -> list[Shard]:
-    """Resolve a dataset spec (see the module docstring) into its list of `Shard`s."""
+    """Resolve a dataset spec (see the module docstring) into its list of `Shard`s.
+
+    Every local shard is checked to exist (`check_shards`), so a manifest listing a deleted shard
+    fails here, before training starts, not when the loader reaches it.
+    """
+    shards = _resolve(spec)
+    check_shards(shards)
+    return shards
+
+
+def check_shards(shards: list[Shard], show: int = 3) -> None:
+    """Raise one `DataError` unless every local shard is a non-empty file of at least a tar's end marker.
+
+    `pipe:` and `scheme://` urls are not checked (they can only be known by reading them). The error
+    names the first `show` bad files and how many there are, out of how many local shards.
+    """
+    local = [s.url.removeprefix("file:") for s in shards if not is_remote(s.url.removeprefix("file:"))]
+    bad = []
+    for path in dict.fromkeys(local):
+        try:
+            info = os.stat(path)
+        except OSError:
+            bad.append(f"{path} (missing)")
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            bad.append(f"{path} (not a file)")
+        elif info.st_size < _TAR_MIN_BYTES:
+            bad.append(f"{path} ({info.st_size} bytes)")
+    if bad:
+        more = f" and {len(bad) - show} more" if len(bad) > show else ""
+        raise DataError(
+            f"{len(bad)} of {len(set(local))} local shard files are missing or too short to be a tar: "
+            f"{', '.join(bad[:show])}{more} (re-run tools/build_dataset.py or fix the manifest that lists them)"
+        )
+
+
+def _resolve(spec) -> list[Shard]:
+    """`resolve_shards` without the existence check (it runs once, on the whole list)."""
     if isinstance(spec, Shard):
         return [spec]
     if isinstance(spec, (list, tuple)):
@@ -90,7 +135,7 @@ def resolve_shards(spec) -> list[Shard]:
             return [Shard(spec[0], spec[1])]
         out = []
         for item in spec:
-            out += [shard_entry(Path("."), item, "shard list")] if isinstance(item, dict) else resolve_shards(item)
+            out += [shard_entry(Path("."), item, "shard list")] if isinstance(item, dict) else _resolve(item)
         return out
     if isinstance(spec, Path):
         spec = str(spec)

@@ -1,7 +1,9 @@
 """Source readers: one module per public dataset layout, each with `read(cfg, skips) -> SourcePlan`.
 
-A reader module also declares `NAME`, `TASKS`, `DEFAULT_TASK` and `PREP_DEFAULTS` (the
-preprocessing defaults that suit its images).
+A reader module also declares `NAME`, `TASKS`, `DEFAULT_TASK`, `PREP_DEFAULTS` (the
+preprocessing defaults that suit its images) and `SPLIT_FRACTIONS` (the default `--val-fraction` /
+`--test-fraction`; a split missing from it cannot be set). `tools/build_dataset.py --help` is
+written from these, so it cannot drift from the readers.
 """
 
 from __future__ import annotations

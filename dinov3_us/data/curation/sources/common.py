@@ -13,6 +13,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Default preprocessing of real scans (sources may override): see PrepOptions.
 REAL_SCAN_DEFAULTS = {"grayscale": True, "resize": 256, "crop_sector": True, "mask_text": True, "dedup": True}
+# Default split fractions of the CSV-driven sources (FPDB, FPLR): their test split is the official one.
+CSV_SPLIT_FRACTIONS = {"val": 0.2}
 
 
 @dataclass
@@ -83,7 +85,7 @@ def split_csv_records(records: list[Record], files: dict[str, Path], named: set[
     for stem, path in files.items():
         if stem not in named:
             skips.add("unlisted_file", str(path), f"no row of {csv_path.name} names it")
-    val = cfg.fraction("val", 0.2)
+    val = cfg.fraction("val", CSV_SPLIT_FRACTIONS["val"])
     assign_by_group(records, {"val": val}, cfg.seed, label_order=labels)
     present = []
     for r in records:

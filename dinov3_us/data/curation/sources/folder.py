@@ -29,6 +29,7 @@ NAME = "folder"
 TASKS: tuple[str, ...] = ()
 DEFAULT_TASK = None
 PREP_DEFAULTS = REAL_SCAN_DEFAULTS
+SPLIT_FRACTIONS = {"val": 0.0, "test": 0.0}
 LABEL_MODES = ("auto", "subfolder", "none")
 
 
@@ -69,7 +70,7 @@ def read(cfg, skips) -> SourcePlan:
         records.append(Record(safe_key(name, relative.rsplit(".", 1)[0]), split, label, group, str(path), meta=meta))
 
     labels = sorted({r.label for r in records if r.label is not None}, key=natural_key)
-    val, test = cfg.fraction("val", 0.0), cfg.fraction("test", 0.0)
+    val, test = cfg.fraction("val", SPLIT_FRACTIONS["val"]), cfg.fraction("test", SPLIT_FRACTIONS["test"])
     if labelled and (val or test):
         assign_by_group(records, {"val": val, "test": test}, cfg.seed, label_order=labels)
         unit = "--group-regex group" if pattern else "image"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dinov3_us.data.curation.csvfile import normalize_id, parse_binary, read_table
 from dinov3_us.data.curation.records import Record, safe_key
 from dinov3_us.data.curation.sources.common import (
+    CSV_SPLIT_FRACTIONS,
     REAL_SCAN_DEFAULTS,
     SourcePlan,
     list_images,
@@ -29,6 +30,7 @@ NAME = "fpdb"
 TASKS = ("planes", "brain-planes")
 DEFAULT_TASK = "planes"
 PREP_DEFAULTS = REAL_SCAN_DEFAULTS
+SPLIT_FRACTIONS = CSV_SPLIT_FRACTIONS
 CSV_NAME = "FETAL_PLANES_DB_data.csv"
 PLANES = ("Fetal abdomen", "Fetal brain", "Fetal femur", "Fetal thorax", "Maternal cervix", "Other")
 BRAIN_PLANES = ("Trans-thalamic", "Trans-ventricular", "Trans-cerebellum")

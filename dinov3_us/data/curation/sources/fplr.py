@@ -21,6 +21,7 @@ from pathlib import Path
 from dinov3_us.data.curation.csvfile import normalize_id, parse_binary, read_table
 from dinov3_us.data.curation.records import Record, safe_key
 from dinov3_us.data.curation.sources.common import (
+    CSV_SPLIT_FRACTIONS,
     REAL_SCAN_DEFAULTS,
     SourcePlan,
     list_images,
@@ -36,6 +37,7 @@ NAME = "fplr"
 TASKS = ("planes",)
 DEFAULT_TASK = "planes"
 PREP_DEFAULTS = REAL_SCAN_DEFAULTS
+SPLIT_FRACTIONS = CSV_SPLIT_FRACTIONS
 CSV_NAME = "African_planes_database.csv"
 PLANES = ("Fetal abdomen", "Fetal brain", "Fetal femur", "Fetal thorax")
 COLUMNS = {

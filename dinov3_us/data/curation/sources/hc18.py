@@ -39,6 +39,7 @@ TASKS = ("head-circumference", "hc-terciles")
 TERCILE_LABELS = ["hc_low", "hc_mid", "hc_high"]
 DEFAULT_TASK = "head-circumference"
 PREP_DEFAULTS = REAL_SCAN_DEFAULTS
+SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
 LABEL_CSV = "training_set_pixel_size_and_HC.csv"
 TEST_CSV = "test_set_pixel_size.csv"
 IMAGE_RE = re.compile(r"^(\d+)_(\d*)HC\.png$", re.IGNORECASE)
@@ -95,7 +96,7 @@ def read(cfg, skips) -> SourcePlan:
         for fname, subject in images.items():
             if fname not in table:
                 unlabelled.append(_record(name, task, "unlabelled", subject, train_dir / fname, root, {}, None))
-    val, test = cfg.fraction("val", 0.15), cfg.fraction("test", 0.15)
+    val, test = cfg.fraction("val", SPLIT_FRACTIONS["val"]), cfg.fraction("test", SPLIT_FRACTIONS["test"])
     assign_by_group(labelled, {"val": val, "test": test}, cfg.seed)
     taken = {r.group for r in labelled}
     for r in unlabelled:

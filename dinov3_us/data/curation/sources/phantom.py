@@ -22,6 +22,7 @@ TASKS = ("planes",)
 DEFAULT_TASK = "planes"
 # Generated images have no overlays and no black frame to crop; near-duplicates are impossible by design.
 PREP_DEFAULTS = {"grayscale": True, "resize": 256, "crop_sector": False, "mask_text": False, "dedup": False}
+SPLIT_FRACTIONS = {"val": 0.15, "test": 0.15}
 DEFAULT_NUM_SAMPLES = 96
 DEFAULT_IMAGE_SIZE = 96
 
@@ -50,7 +51,7 @@ def read(cfg, skips) -> SourcePlan:
         generator = partial(render_png, cfg.seed, i, size)
         key = safe_key(name, f"{i:06d}")
         records.append(Record(key, "train", CLASSES[i % 3], patient, generator=generator, meta=meta))
-    val, test = cfg.fraction("val", 0.15), cfg.fraction("test", 0.15)
+    val, test = cfg.fraction("val", SPLIT_FRACTIONS["val"]), cfg.fraction("test", SPLIT_FRACTIONS["test"])
     assign_by_group(records, {"val": val, "test": test}, cfg.seed, label_order=CLASSES)
     policy = f"synthetic; by synthetic patient: {val:.0%} val, {test:.0%} test, seed {cfg.seed}"
     extra = {"synthetic": True, "num_samples": n, "image_size": size}
