@@ -17,6 +17,8 @@ LOCAL_SLURM_CONF = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/slurm_local")) /
 
 
 def _cluster_problem() -> str | None:
+    if os.environ.get("SLURM_LOCAL") == "0":
+        return "SLURM_LOCAL=0 (make test sets it where it could not start a cluster of its own)"
     if shutil.which("sinfo") is None:
         return "SLURM is not installed (no sinfo on PATH)"
     if not LOCAL_SLURM_CONF.is_file():
@@ -43,8 +45,8 @@ def slurm_cluster() -> str:
     """A running two-node SLURM cluster (../shared/tools/slurm_local.sh up), else the test is skipped."""
     problem = _cluster_problem()
     if problem:
-        pytest.skip(f"no SLURM cluster is up ({problem}): `make test` starts one with ../shared/tools/slurm_local.sh "
-                    "up; by hand: bash ../shared/tools/slurm_local.sh up && export "
+        pytest.skip(f"no SLURM cluster for these tests ({problem}): `make test` starts one of its own with "
+                    "../shared/tools/slurm_local.sh; by hand: bash ../shared/tools/slurm_local.sh up && export "
                     "SLURM_CONF=/tmp/slurm_local/etc/slurm.conf")
     return os.environ["SLURM_CONF"]
 
