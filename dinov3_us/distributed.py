@@ -8,6 +8,7 @@ The collectives at the end (`all_reduce_`, `all_gather_cat`, ...) are the projec
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 import re
@@ -112,8 +113,14 @@ def init_distributed(device_name: str = "auto", backend_name: str = "auto", time
 
 
 def destroy_distributed() -> None:
-    """Tear down the default process group if one exists."""
+    """Tear down every process group, after the objects that still hold one (FSDP modules, meshes) are freed.
+
+    Collecting first matters: a group kept alive by a reference cycle would otherwise be destroyed during
+    interpreter shutdown, where gloo's threads can abort the process ("terminate called without an
+    active exception") after a run that succeeded.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
