@@ -113,6 +113,23 @@ def test_user_errors_exit_2_without_traceback(phantom_dir, tmp_path, extra, mess
     assert message in proc.stderr
 
 
+@pytest.mark.parametrize("tool", ["eval_linear.py", "eval_knn.py"])
+def test_unreadable_weights_exit_2_with_one_line(phantom_dir, tmp_path, tool):
+    import torch
+
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights\n")
+    good = tmp_path / "good.pth"
+    torch.save({"cls_token": torch.zeros(1, 1, 64), "patch_embed.proj.weight": torch.zeros(64, 1, 8, 8)}, good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:-100])
+    for weights, message in [(text, "is not a PyTorch or safetensors file"), (cut, "is truncated/corrupt: ")]:
+        proc = run_tool(tool, "--pretrained-weights", weights, *splits(phantom_dir), "--output-dir", tmp_path / "o")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        error = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+        assert len(error) == 1 and str(weights) in error[0] and message in error[0], proc.stderr[-2000:]
+
+
 def test_missing_inputs_are_named(tmp_path):
     proc = run_tool("eval_knn.py", "--pretrained-weights", "random", "--arch", "vit_test", "--train-dataset",
                     tmp_path / "nowhere:train", "--test-datasets", tmp_path / "nowhere:test", "--output-dir", tmp_path)
