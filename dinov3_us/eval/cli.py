@@ -37,7 +37,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     """The flags every evaluation command takes."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", help="evaluation YAML (e.g. configs/eval/fpdb_brain_planes.yaml)")
-    p.add_argument("--pretrained-weights", help="'random', an official DINOv3 .pth, or an exported teacher .pth")
+    p.add_argument("--pretrained-weights", help="'random', an official DINOv3 .pth, an exported teacher .pth, or a "
+                                                "run folder (its converted teacher.pth)")
     p.add_argument("--arch", help="vit_test | vit_tiny | vit_small | vit_base | vit_large (needed for random)")
     p.add_argument("--in-chans", type=int, help="1 or 3 (default: the weights'; random: 1)")
     p.add_argument("--train-dataset", help="shards spec, e.g. data/fpdb_brain:train")
