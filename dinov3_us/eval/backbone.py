@@ -219,6 +219,13 @@ def resolve_weights_file(path: Path) -> Path:
                           "folder or a checkpoint folder OUT/ckpt/<iteration>)")
 
 
+def trained_img_size(path: Path) -> int | None:
+    """The input size a weights file's backbone was trained at (`arch.img_size` in its JSON), or None."""
+    meta = _read_arch_json(path)
+    size = meta["arch"].get("img_size") if meta is not None else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
 def _check_named_arch(arch_name: str | None, kwargs: dict, where: str) -> None:
     if arch_name is None:
         return

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from dinov3_us.configs.config import split_overrides
+from dinov3_us.configs.config import flatten, parse_dotlist, read_yaml, split_overrides
 from dinov3_us.errors import DinoUSError
 from dinov3_us.eval.config import load_eval_config
 from dinov3_us.eval.protocols import evaluate
@@ -69,6 +69,13 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
 
 
 
+def explicit_keys(config_file: str | None, flags: dict, overrides: list[str]) -> frozenset[str]:
+    """The `section.key`s the user set: in the YAML, by a flag or by an override (the others are defaults)."""
+    keys = set(flatten({s: b for s, b in read_yaml(config_file).items() if b})) if config_file else set()
+    keys |= {key for key, value in flags.items() if value is not None}
+    return frozenset(keys | set(parse_dotlist(overrides)))
+
+
 def main(task: str, argv: list[str] | None = None, description: str = "") -> int:
     """Parse, evaluate, and return the exit code: 0, or 2 on a user error."""
     args = parse_args(build_parser(description or f"{task} evaluation"), argv)
@@ -77,7 +84,7 @@ def main(task: str, argv: list[str] | None = None, description: str = "") -> int
         if args.no_progress:
             flags["features.progress"] = False
         cfg = load_eval_config(args.config_file, flags, args.overrides)
-        results = evaluate(task, cfg, args.output_dir)
+        results = evaluate(task, cfg, args.output_dir, explicit_keys(args.config_file, flags, args.overrides))
     except DinoUSError as err:
         print(f"error (rank {os.environ.get('RANK', '0')}): {err}", file=sys.stderr)
         return 2

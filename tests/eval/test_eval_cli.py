@@ -136,3 +136,32 @@ def test_missing_inputs_are_named(tmp_path):
     assert proc.returncode == 2 and "nowhere" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_tool("compare_results.py", tmp_path / "missing.json")
     assert proc.returncode == 2 and "missing.json" in proc.stderr
+
+
+def test_linear_defaults_fit_a_shallow_backbone_but_an_explicit_value_does_not(phantom_dir, tmp_path):
+    out = tmp_path / "linear"
+    proc = run_tool("eval_linear.py", *backbone(), *splits(phantom_dir), "--output-dir", out, "linear.epochs=1",
+                    "linear.learning_rates=[0.01]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert r["config"]["linear"]["n_last_blocks"] == [1, 2] and r["grid"]["heads"] == 2 * 2
+    assert "linear.n_last_blocks=[1, 2]: the default [1, 4] clipped to the backbone's 2 blocks" in \
+        (out / "log.txt").read_text()
+
+
+def test_image_size_defaults_to_the_exported_teachers_training_resolution(phantom_dir, tmp_path):
+    from dinov3_us.checkpointer.export import save_backbone
+    from dinov3_us.models.vision_transformer import DinoVisionTransformer
+
+    arch = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=64, depth=2, num_heads=2)
+    model = DinoVisionTransformer(**arch)
+    model.init_weights()
+    weights = save_backbone(model.state_dict(), tmp_path / "teacher.pth", arch, iteration=5)
+    common = ["--pretrained-weights", weights, "--no-progress", "report.bootstrap=10", *splits(phantom_dir)]
+    for extra, size in [([], 32), (["--image-size", 16], 16)]:
+        out = tmp_path / f"knn{size}"
+        proc = run_tool("eval_knn.py", *common, *extra, "--output-dir", out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        r = json.loads((out / "results.json").read_text())
+        assert r["config"]["data"]["image_size"] == size and r["weights"]["arch"]["img_size"] == size
+        assert ("the backbone's training resolution (teacher.json)" in (out / "log.txt").read_text()) == (not extra)
