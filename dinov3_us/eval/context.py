@@ -51,6 +51,7 @@ class EvalContext:
     timing: dict[str, float] = field(default_factory=dict)
     like: EvalBackbone | None = None  # evaluate a random initialisation of this backbone's architecture instead
     explicit: Collection[str] | None = None  # the `section.key`s the user set (None: unknown; `eval.defaults`)
+    warnings: list[str] = field(default_factory=list)  # results.json `warnings` and summary.md lines
 
     @property
     def progress(self) -> bool:
@@ -108,7 +109,17 @@ class EvalContext:
             for role, ds in [("train", self.train), ("val", self.val), *self.tests.items()]:
                 if ds is not None:
                     require_labels(ds, role)
+            for name, ds in self.tests.items():
+                present = [self.classes[i] for i in np.unique(ds.targets[ds.targets >= 0])]
+                if len(present) < 2:
+                    self.warn(f"test set {name} ({ds.spec}) has {len(present)} class present ({', '.join(present)}): "
+                              "its scores (and their CIs) do not measure telling the classes apart")
         self.timing["load_s"] = time.perf_counter() - start
+
+    def warn(self, message: str) -> None:
+        """Log a WARNING and keep it for results.json (`warnings`) and summary.md."""
+        logger.warning(message)
+        self.warnings.append(message)
 
     def splits(self) -> dict[str, EvalDataset]:
         """{'train', 'val' (if any), test names...} -> dataset."""
@@ -144,7 +155,7 @@ class EvalContext:
             "n": {name: len(ds) for name, ds in self.splits().items()},
             "class_counts": {name: np.bincount(ds.targets[ds.targets >= 0], minlength=len(self.classes)).tolist()
                              for name, ds in self.splits().items()},
-        }
+        } | ({"warnings": list(self.warnings)} if self.warnings else {})
 
 
 def write_outputs(ctx: EvalContext, results: dict, start: float) -> None:

@@ -165,3 +165,28 @@ def test_image_size_defaults_to_the_exported_teachers_training_resolution(phanto
         r = json.loads((out / "results.json").read_text())
         assert r["config"]["data"]["image_size"] == size and r["weights"]["arch"]["img_size"] == size
         assert ("the backbone's training resolution (teacher.json)" in (out / "log.txt").read_text()) == (not extra)
+
+
+def test_a_one_class_test_set_is_warned_about(blob_dir, tmp_path):
+    from dinov3_us.data.shards import write_shard
+    from dinov3_us.data.shards.reader import iter_samples
+
+    one = tmp_path / "left_only"
+    one.mkdir()
+    samples = [(key, s) for _, key, s in iter_samples(str(blob_dir / "test-000000.tar"))
+               if json.loads(s["json"])["label"] == "left"]
+    write_shard(one / "test-000000.tar", samples)
+    (one / "manifest.json").write_text(json.dumps({
+        "source": "blobs", "labels": ["left", "centre", "right"], "counts": {"test": {"left": len(samples)}},
+        "shards": {"test": [{"url": "test-000000.tar", "n": len(samples)}]}}))
+    out = tmp_path / "knn"
+    proc = run_tool("eval_knn.py", *backbone(), *splits(blob_dir), f"{one}:test", "--output-dir", out)
+    r = check(proc, out, LOGS | {"confusion_matrix.png", "confusion_matrix_left_only_test.png"},
+              {"classes", "class_counts", "best_k", "ks", "per_k", "temperature", "val_scores_per_k", "warnings"})
+    assert r["class_counts"] == {"train": [16, 16, 16], "val": [5, 5, 5], "blobs:test": [5, 5, 5],
+                                 "left_only:test": [5, 0, 0]}
+    name = "left_only:test"
+    assert r["warnings"] == [f"test set {name} ({one}:test) has 1 class present (left): its scores (and their CIs) "
+                             "do not measure telling the classes apart"]
+    assert f"WARNING test set {name} (" in (out / "log.txt").read_text()
+    assert f"- **WARNING**: test set {name}" in (out / "summary.md").read_text()
