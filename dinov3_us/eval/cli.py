@@ -33,8 +33,17 @@ FLAG_KEYS = {
 }
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """The flags every evaluation command takes."""
+# an override of each task's own section, for its --help
+OVERRIDE_EXAMPLES = {
+    "linear": "linear.epochs=20 linear.label_fractions=[0.1,1.0]",
+    "knn": "knn.ks=[10,20] knn.temperature=0.07",
+    "finetune": "finetune.epochs=30 finetune.lr=5e-5",
+    "segmentation": "segmentation.epochs=20 segmentation.learning_rates=[0.1,1.0]",
+}
+
+
+def build_parser(description: str, task: str = "linear") -> argparse.ArgumentParser:
+    """The flags every evaluation command takes (`task` picks the override example of its help)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", help="evaluation YAML (e.g. configs/eval/fpdb_brain_planes.yaml)")
     p.add_argument("--pretrained-weights", help="'random', an official DINOv3 .pth, an exported teacher .pth, or a "
@@ -50,7 +59,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="feature-extraction batch per process (default 64)")
     p.add_argument("--num-workers", type=int, help="data-loading workers per process (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. linear.epochs=20)")
+    example = OVERRIDE_EXAMPLES.get(task, "report.bootstrap=1000")
+    p.add_argument("overrides", nargs="*", help=f"config overrides section.key=value (e.g. {example})")
     return p
 
 
@@ -78,7 +88,7 @@ def explicit_keys(config_file: str | None, flags: dict, overrides: list[str]) ->
 
 def main(task: str, argv: list[str] | None = None, description: str = "") -> int:
     """Parse, evaluate, and return the exit code: 0, or 2 on a user error."""
-    args = parse_args(build_parser(description or f"{task} evaluation"), argv)
+    args = parse_args(build_parser(description or f"{task} evaluation", task), argv)
     try:
         flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
         if args.no_progress:

@@ -190,3 +190,12 @@ def test_a_one_class_test_set_is_warned_about(blob_dir, tmp_path):
                              "do not measure telling the classes apart"]
     assert f"WARNING test set {name} (" in (out / "log.txt").read_text()
     assert f"- **WARNING**: test set {name}" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("task", ["linear", "knn", "finetune", "segmentation"])
+def test_help_gives_an_override_example_of_the_tools_own_section(task):
+    proc = run_tool(f"eval_{task}.py", "--help")
+    assert proc.returncode == 0, proc.stderr
+    overrides = " ".join(proc.stdout.split("\n  overrides", 1)[1].split())
+    assert overrides.startswith(f"config overrides section.key=value (e.g. {task}.")
+    assert task == "linear" or "linear." not in overrides
