@@ -45,26 +45,39 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_cluster_args(parser: argparse.ArgumentParser, timeout_min: int) -> None:
-    """The options that choose where and with which resources the jobs run."""
+def add_cluster_args(parser: argparse.ArgumentParser, timeout_min: int, pretraining: bool = True) -> None:
+    """The options that choose where and with which resources the jobs run.
+
+    `pretraining`: the launch has a pretraining job (submit_pretrain.py); False for submit_eval.py, where
+    --timeout is every job's limit and --nodes, --eval-timeout and --max-num-timeout play no part (the
+    options stay, for one command line; only their help says so).
+    """
+    if pretraining:
+        nodes_help = "nodes for pretraining (default 1)"
+        timeout_help = (f"time limit of the main job in minutes (default {timeout_min}); it is signalled (USR2) "
+                        "90 s before, checkpoints and requeues itself")
+        eval_timeout_help = "time limit of the conversion and evaluation jobs in minutes (default 240)"
+        requeue_help = ("requeues after reaching the time limit before giving up (default 3; preemptions are not "
+                        "counted)")
+    else:
+        nodes_help = "not used: each evaluation job runs on one node"
+        timeout_help = f"time limit of each job (conversion and evaluations) in minutes (default {timeout_min})"
+        eval_timeout_help = "not used by evaluation-only launches: --timeout sets every job's limit"
+        requeue_help = ("not used by evaluation-only launches: evaluation jobs do not checkpoint, so one that "
+                        "reaches its time limit ends")
     g = parser.add_argument_group("where the jobs run")
     g.add_argument("--cluster", choices=CLUSTERS, default="auto",
                    help="auto: SLURM when `srun` is on PATH, else local; debug: in this process (default auto)")
-    g.add_argument("--nodes", type=positive_int, default=1, help="nodes for pretraining (default 1)")
+    g.add_argument("--nodes", type=positive_int, default=1, help=nodes_help)
     g.add_argument("--gpus-per-node", type=positive_int, default=None, metavar="G",
                    help="tasks per node, one per GPU (default: all GPUs of the partition's nodes); with "
                         "runtime.device=cpu, processes per node (default 1)")
     g.add_argument("--partition", help="SLURM partition (default: the cluster's default partition)")
     g.add_argument("--account", help="SLURM account")
     g.add_argument("--qos", help="SLURM quality of service")
-    g.add_argument("--timeout", type=positive_int, default=timeout_min, metavar="MIN",
-                   help=f"time limit of the main job in minutes (default {timeout_min}); it is signalled "
-                        "(USR2) 90 s before, checkpoints and requeues itself")
-    g.add_argument("--eval-timeout", type=positive_int, default=240, metavar="MIN",
-                   help="time limit of the conversion and evaluation jobs in minutes (default 240)")
-    g.add_argument("--max-num-timeout", type=int, default=3, metavar="N",
-                   help="requeues after reaching the time limit before giving up (default 3; preemptions "
-                        "are not counted)")
+    g.add_argument("--timeout", type=positive_int, default=timeout_min, metavar="MIN", help=timeout_help)
+    g.add_argument("--eval-timeout", type=positive_int, default=240, metavar="MIN", help=eval_timeout_help)
+    g.add_argument("--max-num-timeout", type=int, default=3, metavar="N", help=requeue_help)
     g.add_argument("--cpus-per-task", type=positive_int, help="CPUs per task (default: SLURM's)")
     g.add_argument("--mem", help="memory per node in SLURM syntax, e.g. 200G (default: SLURM's)")
     g.add_argument("--exclude", help="nodes to avoid, e.g. node[1-3]")

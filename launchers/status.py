@@ -6,8 +6,10 @@
 Under the table, the pretraining's progress from its training_metrics.jsonl: iteration, rate, ETA, the
 DINO loss in units of ln K, and a WARNING while the self-distillation alarm is on.
 A job whose parent failed is reported as cancelled (and cancelled, should SLURM not have done it).
+A folder without jobs.json whose one child holds one (`runs/demo` for `runs/demo/pretrain`) stands for
+that child; with several such children, they are listed.
 Exit codes: 0 all completed (or still running without --wait), 1 a job failed or was cancelled,
-2 no jobs.json in that folder.
+2 no jobs.json in that folder (nor in exactly one of its children).
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ from launchers.jobs import (  # noqa: E402
 )
 
 
+def find_jobs_file(output_dir: str) -> tuple[JobsFile | None, str | None]:
+    """(jobs file, None) of `output_dir` or of its only child that has one; else (None, the error line)."""
+    folder = Path(output_dir)
+    jobs_file = JobsFile(folder / JOBS_FILE)
+    if jobs_file.exists():
+        return jobs_file, None
+    children = sorted(c for c in folder.iterdir() if (c / JOBS_FILE).is_file()) if folder.is_dir() else []
+    if len(children) == 1:
+        print(f"no {JOBS_FILE} in {output_dir}: following the launch in {children[0]}", file=sys.stderr)
+        return JobsFile(children[0] / JOBS_FILE), None
+    if children:
+        return None, (f"no {JOBS_FILE} in {output_dir}, but {len(children)} launches one level down: "
+                      f"{', '.join(str(c) for c in children)} (give one of them)")
+    return None, f"no {JOBS_FILE} in {output_dir} (nothing was launched there)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print (or follow) the state of a launch; returns the exit code."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", action="store_true", help="follow until every job has ended")
     p.add_argument("--poll", type=float, default=10.0, metavar="S", help="seconds between checks (default 10)")
     args = p.parse_args(argv)
-    jobs_file = JobsFile(Path(args.output_dir) / JOBS_FILE)
-    if not jobs_file.exists():
-        print(f"error: no {JOBS_FILE} in {args.output_dir} (nothing was launched there)", file=sys.stderr)
+    jobs_file, error = find_jobs_file(args.output_dir)
+    if jobs_file is None:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if args.wait:
         try:

@@ -3,7 +3,7 @@
 Streams tensor by tensor: each tensor is read from the checkpoint alone (DCP without a process group),
 so peak memory is about the backbone's size, not the checkpoint's (which also holds the student, the
 heads and the optimizer state). The keys are checked against a `DinoVisionTransformer` built from the
-run's `config.yaml`: any mismatch is an error.
+run's `config.yaml`: any mismatch is an error. A run folder stands for its newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from dinov3_us.checkpointer.checkpointer import damaged_files, invalid_reason
+from dinov3_us.checkpointer.checkpointer import MARKER, checkpoint_folders, damaged_files, invalid_reason
 from dinov3_us.checkpointer.export import save_backbone
 from dinov3_us.configs import load_config
 from dinov3_us.errors import CheckpointError
@@ -60,6 +60,30 @@ def iter_tensors(ckpt: str | os.PathLike, prefix: str) -> Iterator[tuple[str, to
         yield key[len(prefix):], tensor
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint folder `path` names: itself (`OUT/ckpt/<it>`), or a run folder `OUT`'s newest complete one.
+
+    Raises `CheckpointError` for a run without a complete checkpoint and for a checkpoint folder that
+    does not exist (naming the ones that do). Incomplete folders are left to `iter_tensors` to refuse.
+    """
+    path = Path(path)
+    run = RunDir(path)
+    if path.is_dir() and not (path / MARKER).exists() and (run.ckpt.is_dir() or run.config.is_file()):
+        latest = run.latest()
+        if latest is None:
+            raise CheckpointError(f"{path} is a run folder without a complete checkpoint in {run.ckpt}")
+        logger.info("%s is a run folder: converting its latest complete checkpoint %s", path, latest)
+        return latest
+    if not path.exists():
+        folders = checkpoint_folders(path.parent)
+        complete = [p.name for _, p in folders if invalid_reason(p) is None]
+        incomplete = [p.name for _, p in folders if p.name not in complete]
+        available = ", ".join(complete) or "none"
+        available += f" (incomplete: {', '.join(incomplete)})" if incomplete else ""
+        raise CheckpointError(f"no such checkpoint {path}; available: {available}")
+    return path
+
+
 def run_config_of(ckpt: Path):
     """The resolved config of the run that wrote `ckpt` (`OUT/config.yaml` for `OUT/ckpt/<it>`)."""
     path = RunDir.of_checkpoint(ckpt.resolve()).config
@@ -72,9 +96,10 @@ def convert_checkpoint(ckpt: str | os.PathLike, output: str | os.PathLike, *, wh
                        config_file: str | os.PathLike | None = None, heads: bool = False) -> Path:
     """Write the `which` (teacher|student) backbone of `ckpt` to `output` (.pth or .safetensors) + `<stem>.json`.
 
+    `ckpt` is a checkpoint folder or a run folder (its newest complete checkpoint).
     With `heads`, the DINO and iBOT heads are written beside it as `<stem>_heads.pth`.
     """
-    ckpt = Path(ckpt)
+    ckpt = resolve_checkpoint(ckpt)
     if which not in PARTS:
         raise CheckpointError(f"which={which!r}: expected one of {sorted(PARTS)}")
     cfg = load_config(config_file or run_config_of(ckpt))

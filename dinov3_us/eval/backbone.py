@@ -5,6 +5,11 @@
 comes from, in this order: the `.json` written beside exported / converted weights
 (`{"arch": DinoVisionTransformer kwargs}`), else the state dict's own shapes (`infer_arch`). The
 weights file's sha256 is recorded so that every result names exactly what was evaluated.
+
+A run folder `OUT` stands for its converted `OUT/teacher.pth`, a checkpoint folder `OUT/ckpt/<it>` for
+that file when it was converted from iteration <it> (`resolve_weights_file`). Evaluation does not
+convert on the fly: a run or checkpoint without its converted teacher is an error naming the
+`tools/convert_checkpoint.py` command, so that results always name the sha256 of a file.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from pathlib import Path
 
 import torch
 
+from dinov3_us.checkpointer.checkpointer import MARKER
 from dinov3_us.dtypes import DTYPE_NAMES
 from dinov3_us.errors import CheckpointError, ConfigError
 from dinov3_us.hub import RELEASED_KWARGS
 from dinov3_us.models import ARCHS
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
 from dinov3_us.models.weights import adapt_state_dict, check_state_dict, read_state_dict
+from dinov3_us.run_dir import RunDir
 
 logger = logging.getLogger("dinov3_us")
 
@@ -160,6 +167,65 @@ def _read_arch_json(path: Path) -> dict | None:
     return meta
 
 
+def _converted_iteration(run: RunDir) -> int | None:
+    """The iteration the run's teacher.pth was converted from (its teacher.json), or None when unknown."""
+    if not run.teacher.is_file():
+        return None
+    try:
+        meta = json.loads(run.teacher.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("which", "teacher") != "teacher":
+        return None
+    iteration = meta.get("iteration")
+    return iteration if isinstance(iteration, int) else None
+
+
+def resolve_weights_file(path: Path) -> Path:
+    """The weights file that `--pretrained-weights path` names: the file itself, or a run's converted teacher.pth.
+
+    A run folder (config.yaml, ckpt/ or teacher.pth inside) gives its `teacher.pth`; a checkpoint folder
+    `OUT/ckpt/<it>` gives `OUT/teacher.pth` when its teacher.json says it was converted from iteration
+    <it>. Otherwise `CheckpointError` names the conversion command.
+    """
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if (path / MARKER).exists() or (path.parent.name == "ckpt" and path.name.isdigit()):
+        run = RunDir.of_checkpoint(path)
+        converted = _converted_iteration(run)
+        if path.name.isdigit() and converted == int(path.name):
+            logger.info("%s is a checkpoint folder: evaluating %s, converted from it", path, run.teacher)
+            return run.teacher
+        other = f" ({run.teacher} holds iteration {converted})" if converted is not None else ""
+        raise CheckpointError(f"{path} is a checkpoint folder without its converted teacher{other}: convert it "
+                              f"first with tools/convert_checkpoint.py {path}")
+    run = RunDir(path)
+    if run.teacher.is_file():
+        converted = _converted_iteration(run)
+        logger.info("%s is a run folder: evaluating its %s%s", path, run.teacher.name,
+                    f" (converted from iteration {converted})" if converted is not None else "")
+        latest = run.latest() if run.ckpt.is_dir() else None
+        if converted is not None and latest is not None and latest.name.isdigit() and int(latest.name) > converted:
+            logger.warning("%s was converted from iteration %d, the run's latest checkpoint is %s: convert it again "
+                           "with tools/convert_checkpoint.py %s to evaluate that", run.teacher, converted, latest.name,
+                           path)
+        return run.teacher
+    if run.ckpt.is_dir() or run.config.is_file():
+        raise CheckpointError(f"{path} is a run folder without teacher.pth: convert it first with "
+                              f"tools/convert_checkpoint.py {path}")
+    raise CheckpointError(f"{path} is a folder, not a weights file (expected a .pth / .safetensors file, a run "
+                          "folder or a checkpoint folder OUT/ckpt/<iteration>)")
+
+
+def trained_img_size(path: Path) -> int | None:
+    """The input size a weights file's backbone was trained at (`arch.img_size` in its JSON), or None."""
+    meta = _read_arch_json(path)
+    size = meta["arch"].get("img_size") if meta is not None else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
 def _check_named_arch(arch_name: str | None, kwargs: dict, where: str) -> None:
     if arch_name is None:
         return
@@ -217,7 +283,7 @@ def load_eval_backbone(
     attention_backend: str = "auto",
     **model_kwargs,
 ) -> EvalBackbone:
-    """Build and strictly load the backbone named by `pretrained_weights` ("random" or a weights file).
+    """Build and strictly load the backbone named by `pretrained_weights` ("random", a weights file, a run folder).
 
     `arch` (an `ARCHS` name) is required for "random" and, for a file, checked against it; `in_chans`
     overrides the weights' channels (1 with RGB weights sums the patch filters); `model_kwargs` (e.g.
@@ -230,9 +296,7 @@ def load_eval_backbone(
         digest = state_dict_sha256(model.state_dict())
         backbone = EvalBackbone(model, kwargs, "random", digest, "random", {"seed": seed})
     else:
-        path = Path(pretrained_weights).expanduser().resolve()
-        if not path.is_file():
-            raise CheckpointError(f"weights file {path} does not exist")
+        path = resolve_weights_file(Path(pretrained_weights).expanduser().resolve())
         state = unwrap_state_dict(read_state_dict(path))
         meta = _read_arch_json(path)
         if meta is not None:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from dinov3_us.configs.config import split_overrides
+from dinov3_us.configs.config import flatten, parse_dotlist, read_yaml, split_overrides
 from dinov3_us.errors import DinoUSError
 from dinov3_us.eval.config import load_eval_config
 from dinov3_us.eval.protocols import evaluate
@@ -33,11 +33,21 @@ FLAG_KEYS = {
 }
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """The flags every evaluation command takes."""
+# an override of each task's own section, for its --help
+OVERRIDE_EXAMPLES = {
+    "linear": "linear.epochs=20 linear.label_fractions=[0.1,1.0]",
+    "knn": "knn.ks=[10,20] knn.temperature=0.07",
+    "finetune": "finetune.epochs=30 finetune.lr=5e-5",
+    "segmentation": "segmentation.epochs=20 segmentation.learning_rates=[0.1,1.0]",
+}
+
+
+def build_parser(description: str, task: str = "linear") -> argparse.ArgumentParser:
+    """The flags every evaluation command takes (`task` picks the override example of its help)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", help="evaluation YAML (e.g. configs/eval/fpdb_brain_planes.yaml)")
-    p.add_argument("--pretrained-weights", help="'random', an official DINOv3 .pth, or an exported teacher .pth")
+    p.add_argument("--pretrained-weights", help="'random', an official DINOv3 .pth, an exported teacher .pth, or a "
+                                                "run folder (its converted teacher.pth)")
     p.add_argument("--arch", help="vit_test | vit_tiny | vit_small | vit_base | vit_large (needed for random)")
     p.add_argument("--in-chans", type=int, help="1 or 3 (default: the weights'; random: 1)")
     p.add_argument("--train-dataset", help="shards spec, e.g. data/fpdb_brain:train")
@@ -49,7 +59,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="feature-extraction batch per process (default 64)")
     p.add_argument("--num-workers", type=int, help="data-loading workers per process (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. linear.epochs=20)")
+    example = OVERRIDE_EXAMPLES.get(task, "report.bootstrap=1000")
+    p.add_argument("overrides", nargs="*", help=f"config overrides section.key=value (e.g. {example})")
     return p
 
 
@@ -68,15 +79,22 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
 
 
 
+def explicit_keys(config_file: str | None, flags: dict, overrides: list[str]) -> frozenset[str]:
+    """The `section.key`s the user set: in the YAML, by a flag or by an override (the others are defaults)."""
+    keys = set(flatten({s: b for s, b in read_yaml(config_file).items() if b})) if config_file else set()
+    keys |= {key for key, value in flags.items() if value is not None}
+    return frozenset(keys | set(parse_dotlist(overrides)))
+
+
 def main(task: str, argv: list[str] | None = None, description: str = "") -> int:
     """Parse, evaluate, and return the exit code: 0, or 2 on a user error."""
-    args = parse_args(build_parser(description or f"{task} evaluation"), argv)
+    args = parse_args(build_parser(description or f"{task} evaluation", task), argv)
     try:
         flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
         if args.no_progress:
             flags["features.progress"] = False
         cfg = load_eval_config(args.config_file, flags, args.overrides)
-        results = evaluate(task, cfg, args.output_dir)
+        results = evaluate(task, cfg, args.output_dir, explicit_keys(args.config_file, flags, args.overrides))
     except DinoUSError as err:
         print(f"error (rank {os.environ.get('RANK', '0')}): {err}", file=sys.stderr)
         return 2

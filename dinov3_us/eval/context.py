@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +19,16 @@ import numpy as np
 import dinov3_us
 from dinov3_us.distributed import DistInfo
 from dinov3_us.errors import ConfigError
-from dinov3_us.eval.backbone import EvalBackbone, load_eval_backbone, random_like
+from dinov3_us.eval.backbone import (
+    EvalBackbone,
+    load_eval_backbone,
+    random_like,
+    resolve_weights_file,
+    trained_img_size,
+)
 from dinov3_us.eval.config import EvalConfig, write_eval_config
 from dinov3_us.eval.data import EvalDataset, EvalTransform, assign_targets, require_labels, unique_names
+from dinov3_us.eval.defaults import with_n_last_blocks_clipped, with_trained_image_size
 from dinov3_us.eval.features import FeatureSet, extract_features
 from dinov3_us.eval.report import write_report
 
@@ -42,6 +50,8 @@ class EvalContext:
     classes: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     like: EvalBackbone | None = None  # evaluate a random initialisation of this backbone's architecture instead
+    explicit: Collection[str] | None = None  # the `section.key`s the user set (None: unknown; `eval.defaults`)
+    warnings: list[str] = field(default_factory=list)  # results.json `warnings` and summary.md lines
 
     @property
     def progress(self) -> bool:
@@ -49,15 +59,27 @@ class EvalContext:
         return self.cfg.features.progress
 
     def load(self, *, need_val: bool = True, with_mask: bool = False, labelled: bool = True, **model_kwargs) -> None:
-        """Load the backbone (on the run's device) and the splits; assign the targets."""
+        """Load the backbone (on the run's device) and the splits; assign the targets.
+
+        Defaults the user did not set are adapted to the backbone first (`dinov3_us.eval.defaults`):
+        `self.cfg` is then the resolved config (what config.yaml and results.json record).
+        """
         start = time.perf_counter()
-        m, d = self.cfg.model, self.cfg.data
+        m = self.cfg.model
         if self.like is not None:
             self.backbone = random_like(self.like, m.seed, m.attention_backend, **model_kwargs)
         else:
-            self.backbone = load_eval_backbone(m.pretrained_weights, m.arch, m.in_chans, d.image_size, seed=m.seed,
+            weights = m.pretrained_weights
+            if weights and weights != "random":
+                weights = resolve_weights_file(Path(weights).expanduser().resolve())
+                self.cfg = with_trained_image_size(self.cfg, trained_img_size(weights),
+                                                   weights.with_suffix(".json").name, self.explicit)
+            self.backbone = load_eval_backbone(weights, m.arch, m.in_chans, self.cfg.data.image_size, seed=m.seed,
                                                attention_backend=m.attention_backend, **model_kwargs)
         model = self.backbone.model
+        if self.task == "linear":
+            self.cfg = with_n_last_blocks_clipped(self.cfg, model.n_blocks, self.explicit)
+        d = self.cfg.data
         if d.image_size % model.patch_size:
             raise ConfigError(f"data.image_size={d.image_size} is not a multiple of the patch size {model.patch_size}")
         model.to(self.info.device)
@@ -87,7 +109,17 @@ class EvalContext:
             for role, ds in [("train", self.train), ("val", self.val), *self.tests.items()]:
                 if ds is not None:
                     require_labels(ds, role)
+            for name, ds in self.tests.items():
+                present = [self.classes[i] for i in np.unique(ds.targets[ds.targets >= 0])]
+                if len(present) < 2:
+                    self.warn(f"test set {name} ({ds.spec}) has {len(present)} class present ({', '.join(present)}): "
+                              "its scores (and their CIs) do not measure telling the classes apart")
         self.timing["load_s"] = time.perf_counter() - start
+
+    def warn(self, message: str) -> None:
+        """Log a WARNING and keep it for results.json (`warnings`) and summary.md."""
+        logger.warning(message)
+        self.warnings.append(message)
 
     def splits(self) -> dict[str, EvalDataset]:
         """{'train', 'val' (if any), test names...} -> dataset."""
@@ -123,7 +155,7 @@ class EvalContext:
             "n": {name: len(ds) for name, ds in self.splits().items()},
             "class_counts": {name: np.bincount(ds.targets[ds.targets >= 0], minlength=len(self.classes)).tolist()
                              for name, ds in self.splits().items()},
-        }
+        } | ({"warnings": list(self.warnings)} if self.warnings else {})
 
 
 def write_outputs(ctx: EvalContext, results: dict, start: float) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -226,8 +226,13 @@ PROTOCOLS: dict[str, Callable[[EvalContext], dict | None]] = {
     "linear": run_linear, "knn": run_knn, "finetune": run_finetune, "segmentation": run_segmentation}
 
 
-def evaluate(task: str, cfg: EvalConfig, out_dir: str | os.PathLike) -> dict | None:
+def evaluate(task: str, cfg: EvalConfig, out_dir: str | os.PathLike,
+             explicit: Collection[str] | None = None) -> dict | None:
     """Run protocol `task` (linear, knn, finetune, segmentation) with `cfg`, writing to `out_dir`.
+
+    `explicit`: the `section.key`s the user set (`dinov3_us.eval.cli.explicit_keys`); the other
+    defaults may be adapted to the backbone (`dinov3_us.eval.defaults`). None: values equal to
+    their defaults count as unset.
 
     Starts the process group (torchrun, srun, a submitit job or one plain process) and destroys it at
     the end. With `report.baseline=random`, also evaluates a random initialisation of the same
@@ -243,11 +248,12 @@ def evaluate(task: str, cfg: EvalConfig, out_dir: str | os.PathLike) -> dict | N
         info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
         setup_logging(out, info.rank)
         start = time.perf_counter()
-        ctx = EvalContext(task, cfg, out, info)
+        ctx = EvalContext(task, cfg, out, info, explicit=explicit)
         results = runner(ctx)
         if cfg.report.baseline == "random" and ctx.backbone.kind != "random":
             logger.info("baseline: a random initialisation of the same architecture on the same splits")
-            base_ctx = EvalContext(task, cfg, out / "baseline_random", info, like=ctx.backbone)
+            base_ctx = EvalContext(task, ctx.cfg, out / "baseline_random", info, like=ctx.backbone,
+                                   explicit=explicit)
             start_base = time.perf_counter()
             base_results = runner(base_ctx)
             if info.is_main:

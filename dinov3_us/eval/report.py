@@ -141,6 +141,7 @@ def summary_markdown(results: dict) -> str:
     lines = [f"# {results['task']} evaluation", "",
              f"- weights: `{w.get('path')}` ({w.get('kind')}), sha256 `{w.get('sha256', '')[:16]}`",
              "- samples: " + ", ".join(f"{k} {v}" for k, v in results.get("n", {}).items())]
+    lines += [f"- **WARNING**: {warning}" for warning in results.get("warnings", [])]
     if "best_head" in results:
         b = results["best_head"]
         lines.append(f"- best head (on val {b.get('select_metric')} = {b.get('val_score', float('nan')):.4f}): "

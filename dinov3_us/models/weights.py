@@ -23,6 +23,37 @@ logger = logging.getLogger("dinov3_us")
 PATCH_WEIGHT_KEY = "patch_embed.proj.weight"
 
 
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The weights format a file's first bytes announce: "torch-zip", "torch-pickle", "safetensors", "empty" or None."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's default zip container
+        return "torch-zip"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # a pickle (torch's legacy format)
+        return "torch-pickle"
+    if len(head) == 9 and 0 < int.from_bytes(head[:8], "little") < 1 << 30 and head[8:9] == b"{":
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    return None
+
+
+def _unreadable(source: str, err: Exception) -> str:
+    """The one-line reason `source` could not be read: not a weights file at all, or a damaged one."""
+    fmt = sniff_format(source)
+    size = os.path.getsize(source)
+    if fmt is None:
+        return f"{source} is not a PyTorch or safetensors file ({size} bytes)"
+    if fmt == "empty":
+        return f"{source} is truncated/corrupt: empty file (0 bytes)"
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if "Weights only load failed" in reason:
+        return (f"{source} holds Python objects besides tensors (torch.load(weights_only=True) refuses them): "
+                "save a plain state dict")
+    reason = reason.split(". ")[0][:160] or type(err).__name__
+    return f"{source} is truncated/corrupt: {reason} ({size} bytes)"
+
+
 def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from a `.pth`/`.pt` file (weights only), a `.safetensors` file, or an http(s) URL."""
     source = str(source)
@@ -35,8 +66,14 @@ def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError:
             raise CheckpointError(f"{source}: reading .safetensors needs `pip install safetensors`") from None
-        return load_file(source)
-    state = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            return load_file(source)
+        except Exception as e:  # SafetensorError, OSError: the file is not what its name says
+            raise CheckpointError(_unreadable(source, e)) from None
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises RuntimeError, KeyError, EOFError, OSError... on a bad file
+        raise CheckpointError(_unreadable(source, e)) from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{source} holds a {type(state).__name__}, expected a state dict")
     return dict(state)

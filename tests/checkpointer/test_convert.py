@@ -1,6 +1,7 @@
 """tools/convert_checkpoint.py: a DCP training checkpoint -> the official-format teacher backbone, strictly."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dinov3_us.checkpointer.checkpointer import MARKER
 from dinov3_us.checkpointer.convert import convert_checkpoint
 from dinov3_us.errors import CheckpointError
+from dinov3_us.eval.backbone import load_eval_backbone
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
 from dinov3_us.models.weights import load_backbone_weights
 
@@ -61,3 +64,47 @@ def test_mismatching_config_and_incomplete_checkpoint_are_errors(run_dir, tmp_pa
     broken.mkdir(parents=True)
     with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         convert_checkpoint(broken, tmp_path / "t.pth", config_file=run_dir / "config.yaml")
+
+
+def _convert_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools/convert_checkpoint.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_run_folder_stands_for_its_latest_checkpoint(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    proc = _convert_cli(run / "ckpt" / "7", "--output", tmp_path / "t.pth")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"no such checkpoint {run / 'ckpt' / '7'}; available: 1, 3" in proc.stderr and MARKER not in proc.stderr
+    proc = _convert_cli(run)  # a run folder: its latest complete checkpoint -> OUT/teacher.pth
+    assert proc.returncode == 0, proc.stderr
+    assert f"converting its latest complete checkpoint {run / 'ckpt' / '3'}" in proc.stderr
+    meta = json.loads((run / "teacher.json").read_text())
+    assert meta["iteration"] == 3 and meta["which"] == "teacher"
+    exported = torch.load(run_dir / "eval" / "training_3" / "teacher_checkpoint.pth", weights_only=True)
+    converted = torch.load(run / "teacher.pth", weights_only=True)
+    assert all(torch.equal(converted[k], exported[k]) for k in exported)
+    proc = _convert_cli(run, "--which", "student")
+    assert proc.returncode == 2 and "--which student needs --output" in proc.stderr
+
+
+def test_eval_takes_a_run_or_checkpoint_folder_once_converted(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    with pytest.raises(CheckpointError, match=f"run folder without teacher.pth: convert it first with "
+                                              f"tools/convert_checkpoint.py {run}$"):
+        load_eval_backbone(run, img_size=32)
+    with pytest.raises(CheckpointError, match="checkpoint folder without its converted teacher: convert it first"):
+        load_eval_backbone(run / "ckpt" / "3", img_size=32)
+    with pytest.raises(CheckpointError, match="is a folder, not a weights file"):
+        load_eval_backbone(run / "tb", img_size=32)
+    proc = subprocess.run([sys.executable, str(REPO / "tools/eval_knn.py"), "--pretrained-weights", str(run),
+                           "--output-dir", str(tmp_path / "knn")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "run folder without teacher.pth" in proc.stderr
+    convert_checkpoint(run / "ckpt" / "3", run / "teacher.pth")
+    for weights in (run, run / "ckpt" / "3"):
+        backbone = load_eval_backbone(weights, img_size=32)
+        assert backbone.weights == str(run / "teacher.pth") and backbone.kind == "exported"
+    with pytest.raises(CheckpointError, match=r"teacher.pth holds iteration 3\): convert it first"):
+        load_eval_backbone(run / "ckpt" / "1", img_size=32)

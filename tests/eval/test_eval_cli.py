@@ -113,9 +113,89 @@ def test_user_errors_exit_2_without_traceback(phantom_dir, tmp_path, extra, mess
     assert message in proc.stderr
 
 
+@pytest.mark.parametrize("tool", ["eval_linear.py", "eval_knn.py"])
+def test_unreadable_weights_exit_2_with_one_line(phantom_dir, tmp_path, tool):
+    import torch
+
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights\n")
+    good = tmp_path / "good.pth"
+    torch.save({"cls_token": torch.zeros(1, 1, 64), "patch_embed.proj.weight": torch.zeros(64, 1, 8, 8)}, good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:-100])
+    for weights, message in [(text, "is not a PyTorch or safetensors file"), (cut, "is truncated/corrupt: ")]:
+        proc = run_tool(tool, "--pretrained-weights", weights, *splits(phantom_dir), "--output-dir", tmp_path / "o")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        error = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+        assert len(error) == 1 and str(weights) in error[0] and message in error[0], proc.stderr[-2000:]
+
+
 def test_missing_inputs_are_named(tmp_path):
     proc = run_tool("eval_knn.py", "--pretrained-weights", "random", "--arch", "vit_test", "--train-dataset",
                     tmp_path / "nowhere:train", "--test-datasets", tmp_path / "nowhere:test", "--output-dir", tmp_path)
     assert proc.returncode == 2 and "nowhere" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_tool("compare_results.py", tmp_path / "missing.json")
     assert proc.returncode == 2 and "missing.json" in proc.stderr
+
+
+def test_linear_defaults_fit_a_shallow_backbone_but_an_explicit_value_does_not(phantom_dir, tmp_path):
+    out = tmp_path / "linear"
+    proc = run_tool("eval_linear.py", *backbone(), *splits(phantom_dir), "--output-dir", out, "linear.epochs=1",
+                    "linear.learning_rates=[0.01]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert r["config"]["linear"]["n_last_blocks"] == [1, 2] and r["grid"]["heads"] == 2 * 2
+    assert "linear.n_last_blocks=[1, 2]: the default [1, 4] clipped to the backbone's 2 blocks" in \
+        (out / "log.txt").read_text()
+
+
+def test_image_size_defaults_to_the_exported_teachers_training_resolution(phantom_dir, tmp_path):
+    from dinov3_us.checkpointer.export import save_backbone
+    from dinov3_us.models.vision_transformer import DinoVisionTransformer
+
+    arch = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=64, depth=2, num_heads=2)
+    model = DinoVisionTransformer(**arch)
+    model.init_weights()
+    weights = save_backbone(model.state_dict(), tmp_path / "teacher.pth", arch, iteration=5)
+    common = ["--pretrained-weights", weights, "--no-progress", "report.bootstrap=10", *splits(phantom_dir)]
+    for extra, size in [([], 32), (["--image-size", 16], 16)]:
+        out = tmp_path / f"knn{size}"
+        proc = run_tool("eval_knn.py", *common, *extra, "--output-dir", out)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        r = json.loads((out / "results.json").read_text())
+        assert r["config"]["data"]["image_size"] == size and r["weights"]["arch"]["img_size"] == size
+        assert ("the backbone's training resolution (teacher.json)" in (out / "log.txt").read_text()) == (not extra)
+
+
+def test_a_one_class_test_set_is_warned_about(blob_dir, tmp_path):
+    from dinov3_us.data.shards import write_shard
+    from dinov3_us.data.shards.reader import iter_samples
+
+    one = tmp_path / "left_only"
+    one.mkdir()
+    samples = [(key, s) for _, key, s in iter_samples(str(blob_dir / "test-000000.tar"))
+               if json.loads(s["json"])["label"] == "left"]
+    write_shard(one / "test-000000.tar", samples)
+    (one / "manifest.json").write_text(json.dumps({
+        "source": "blobs", "labels": ["left", "centre", "right"], "counts": {"test": {"left": len(samples)}},
+        "shards": {"test": [{"url": "test-000000.tar", "n": len(samples)}]}}))
+    out = tmp_path / "knn"
+    proc = run_tool("eval_knn.py", *backbone(), *splits(blob_dir), f"{one}:test", "--output-dir", out)
+    r = check(proc, out, LOGS | {"confusion_matrix.png", "confusion_matrix_left_only_test.png"},
+              {"classes", "class_counts", "best_k", "ks", "per_k", "temperature", "val_scores_per_k", "warnings"})
+    assert r["class_counts"] == {"train": [16, 16, 16], "val": [5, 5, 5], "blobs:test": [5, 5, 5],
+                                 "left_only:test": [5, 0, 0]}
+    name = "left_only:test"
+    assert r["warnings"] == [f"test set {name} ({one}:test) has 1 class present (left): its scores (and their CIs) "
+                             "do not measure telling the classes apart"]
+    assert f"WARNING test set {name} (" in (out / "log.txt").read_text()
+    assert f"- **WARNING**: test set {name}" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("task", ["linear", "knn", "finetune", "segmentation"])
+def test_help_gives_an_override_example_of_the_tools_own_section(task):
+    proc = run_tool(f"eval_{task}.py", "--help")
+    assert proc.returncode == 0, proc.stderr
+    overrides = " ".join(proc.stdout.split("\n  overrides", 1)[1].split())
+    assert overrides.startswith(f"config overrides section.key=value (e.g. {task}.")
+    assert task == "linear" or "linear." not in overrides

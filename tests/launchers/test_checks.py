@@ -211,3 +211,12 @@ def test_auto_with_srun_but_no_controller_is_an_error(phantom_shards, tmp_path, 
                            f"train.dataset_path={phantom_shards}"], capsys)
     assert code == 2 and "controller does not answer (sinfo: error: Unable to contact slurm controller)" in err
     assert "--cluster local" in err and not (tmp_path / "run").exists()
+
+
+def test_submit_eval_help_is_about_evaluation_jobs():
+    text = " ".join(submit_eval.build_parser().format_help().split())
+    assert "pretraining" not in text.lower()
+    assert "--timeout MIN time limit of each job (conversion and evaluations)" in text
+    assert "--nodes NODES not used: each evaluation job runs on one node" in text
+    pretrain = " ".join(submit_pretrain.build_parser().format_help().split())
+    assert "--nodes NODES nodes for pretraining" in pretrain and "checkpoints and requeues itself" in pretrain

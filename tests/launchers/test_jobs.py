@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,8 @@ from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
 from launchers.common import parse_gres_gpus, sbatch_script, slurm_parameters
 from launchers.jobs import JobsFile, parse_sacct
 from launchers.stages import JobContext, JobFailedError, PretrainJob, should_requeue, signals_seen
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("gres, gpus", [("(null)", 0), ("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4),
@@ -156,3 +161,24 @@ def test_usr2_outside_the_training_loop_is_left_to_submitit(tmp_path):
     assert exc.value.code == -1
     jobs = jf.read()["jobs"]
     assert "error" not in jobs["pretrain"] and jobs["pretrain"]["restarts"] == 0
+
+
+def _status(folder) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launchers" / "status.py"), str(folder)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_status_looks_one_level_down_for_the_launch(tmp_path):
+    demo = tmp_path / "demo"
+    JobsFile(demo / "pretrain" / "jobs.json").write(
+        {"cluster": "local", "jobs": {"pretrain": {"job_id": "11", "state": "RUNNING", "depends_on": []}}})
+    proc = _status(demo)
+    assert proc.returncode == 0, proc.stderr
+    assert f"following the launch in {demo / 'pretrain'}" in proc.stderr and "RUNNING" in proc.stdout
+    JobsFile(demo / "eval" / "jobs.json").write(
+        {"cluster": "local", "jobs": {"knn": {"job_id": "12", "state": "RUNNING", "depends_on": []}}})
+    proc = _status(demo)
+    assert proc.returncode == 2 and "2 launches one level down" in proc.stderr
+    assert str(demo / "eval") in proc.stderr and str(demo / "pretrain") in proc.stderr
+    proc = _status(tmp_path / "nothing")
+    assert proc.returncode == 2 and "nothing was launched there" in proc.stderr

@@ -6,7 +6,7 @@ import torch
 from dinov3_us.errors import CheckpointError
 from dinov3_us.hub import dinov3_vits16
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
-from dinov3_us.models.weights import load_backbone_weights
+from dinov3_us.models.weights import load_backbone_weights, read_state_dict
 
 KW = dict(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2, n_storage_tokens=4, mask_k_bias=True)
 
@@ -51,3 +51,37 @@ def test_hub_builder_loads_weights_strictly(tmp_path):
     torch.testing.assert_close(again.cls_token, ref.cls_token)
     gray = dinov3_vits16(weights=path, in_chans=1)
     torch.testing.assert_close(gray.patch_embed.proj.weight, ref.patch_embed.proj.weight.sum(1, keepdim=True))
+
+
+def _truncated(path, data: bytes):
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_unreadable_files_name_the_file_and_what_it_is_not(tmp_path):
+    from safetensors.torch import save_file
+
+    state = DinoVisionTransformer(**KW).state_dict()
+    good = tmp_path / "good.pth"
+    torch.save(state, good)
+    legacy = tmp_path / "legacy.pth"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    safe = tmp_path / "good.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, safe)
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.safetensors").write_text("hello")
+    cases = {
+        text: "is not a PyTorch or safetensors file",
+        tmp_path / "text.safetensors": "is not a PyTorch or safetensors file",
+        _truncated(tmp_path / "cut.pth", good.read_bytes()): "is truncated/corrupt: PytorchStreamReader failed",
+        _truncated(tmp_path / "cut_legacy.pth", legacy.read_bytes()): "is truncated/corrupt: unexpected EOF",
+        _truncated(tmp_path / "cut.safetensors", safe.read_bytes()): "is truncated/corrupt: Error while deserializing",
+        tmp_path / "empty.pth": "is truncated/corrupt: empty file",
+    }
+    for path, message in cases.items():
+        with pytest.raises(CheckpointError) as err:
+            read_state_dict(path)
+        assert str(err.value).startswith(str(path)) and message in str(err.value)
+        assert len(str(err.value).splitlines()) == 1
