@@ -53,13 +53,13 @@ class EvalRequest:
     config_file: str | None = None
 
 
-def add_eval_args(parser: argparse.ArgumentParser) -> None:
-    """--eval-config / --eval-override / --no-eval."""
+def add_eval_args(parser: argparse.ArgumentParser, default_data: str = "the pretraining shards") -> None:
+    """--eval-config / --eval-override; `default_data` names where the default evaluations' splits come from."""
     g = parser.add_argument_group("evaluation")
     g.add_argument("--eval-config", nargs="+", action="extend", metavar="EVALCFG", default=None,
                    help="evaluations to run, one job each: TASK (linear, knn, finetune, segmentation), "
                         "TASK=YAML, or YAML (= linear and knn with it). Default: linear and knn on the "
-                        "labelled train/val/test splits of the pretraining shards")
+                        f"labelled train/val/test splits of {default_data}")
     g.add_argument("--eval-override", action="append", default=[], metavar="KEY=VALUE",
                    help="an evaluation config override for every evaluation job, e.g. linear.epochs=20 "
                         "(repeatable)")

@@ -56,11 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="evaluations go to OUTPUT/eval/<name>/; jobs.json here")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where evaluations run: auto (the partition's GPUs on SLURM) | cpu | cuda")
-    add_eval_args(p)
-    # add_eval_args's help describes submit_pretrain.py's default evaluation data; here it is --dataset's
-    p._option_string_actions["--eval-config"].help = (
-        "evaluations to run, one job each: TASK (linear, knn, finetune, segmentation), TASK=YAML, or YAML "
-        "(= linear and knn with it). Default: linear and knn on --dataset's labelled train/val/test splits")
+    add_eval_args(p, default_data="--dataset")
     add_cluster_args(p, timeout_min=240, pretraining=False)
     return p
 
