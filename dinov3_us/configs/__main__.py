@@ -1,6 +1,7 @@
 """Print a resolved config: `python -m dinov3_us.configs [--config-file F] [section.key=value ...]`."""
 
 import argparse
+import os
 import sys
 
 import yaml
@@ -10,7 +11,7 @@ from dinov3_us.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Resolve defaults <- config file <- overrides and print the result as YAML."""
+    """Resolve defaults <- config file <- overrides and print the result as YAML (exit 2 on a bad config)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config-file", default=None)
     parser.add_argument("overrides", nargs="*", help="section.key=value")
@@ -20,7 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False)
+    try:
+        yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (`| head`): not an error
+        # Python flushes stdout again at exit; point it at devnull so that flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -2,10 +2,12 @@
 
 `ssl_default_config.yaml` beside this file is the single source of defaults and of the schema:
 every key a run may set is there, and a value's type is the type of its default. Keys whose default
-is `null` and keys with a closed set of values are declared in `NULLABLE_TYPES` and `CHOICES`.
-Unlike the official code (OmegaConf with `strict_cfg=False`), an unknown key or a wrongly typed
-value is a `ConfigError` naming the key and suggesting the closest valid one; all problems are
-reported at once.
+is `null` (or may be) and keys with a closed set of values are declared in `NULLABLE_TYPES` and
+`CHOICES`; every numeric key has a valid range in `ranges.RANGES`, and `cross_checks.RULES` relate
+keys (warmup <= epochs, crop sizes multiple of the patch size, ...). Unlike the official code
+(OmegaConf with `strict_cfg=False`), an unknown key, a wrongly typed value, a value out of range or
+an inconsistent combination is a `ConfigError` naming the key (and suggesting the closest valid one
+for an unknown key); all problems are reported at once, by `load_config`, before any work is done.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from dinov3_us.configs.cross_checks import cross_problems
+from dinov3_us.configs.ranges import range_problems
 from dinov3_us.errors import ConfigError
 from dinov3_us.fileio import write_atomic
 
@@ -27,8 +31,9 @@ logger = logging.getLogger("dinov3_us")
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("ssl_default_config.yaml")
 
-# Keys whose default is null: the type a non-null value must have.
+# Keys whose default is null, or that may be set to null: the type a non-null value must have.
 NULLABLE_TYPES: dict[str, type] = {
+    "student.pos_embed_rope_base": float,  # null: periods from pos_embed_rope_min_period / max_period
     "gram.ckpt": str,
     "gram.max_updates": int,
     "student.pos_embed_rope_min_period": float,
@@ -161,7 +166,9 @@ def type_ok(value: Any, expected: type) -> bool:
 
 
 def _check_value(key: str, value: Any, default: Any) -> str | None:
-    """Return a problem description, or None when `value` is valid for `key`."""
+    """Return a problem description, or None when `value` has a valid type (and choice) for `key`."""
+    if value is None and key in NULLABLE_TYPES:
+        return None
     if default is None:
         expected = NULLABLE_TYPES.get(key)
         if value is None or expected is None:
@@ -197,20 +204,53 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def validate(flat: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Return `flat` with numeric strings coerced; raise one `ConfigError` listing every problem."""
+def _type_check(flat: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(valid keys of `flat` with numeric strings coerced, problem lines of the others)."""
     problems, out = [], {}
     for key, value in flat.items():
         if key not in defaults:
             problems.append(f"unknown key {key!r}{suggest_key(key, defaults)}")
             continue
-        out[key] = _coerce(key, value, defaults[key])
-        problem = _check_value(key, out[key], defaults[key])
+        value = _coerce(key, value, defaults[key])
+        problem = _check_value(key, value, defaults[key])
         if problem:
             problems.append(problem)
+        else:
+            out[key] = value
+    return out, problems
+
+
+def _raise(problems: list[str]) -> None:
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def validate(flat: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Return `flat` with numeric strings coerced; raise one `ConfigError` listing every type problem.
+
+    Ranges and cross-key rules need the complete config: `load_config` and `check_config` apply them.
+    """
+    out, problems = _type_check(flat, defaults)
+    _raise(problems)
     return out
+
+
+def value_problems(flat: Mapping[str, Any], skip: Iterable[str] = ()) -> list[str]:
+    """Range and cross-key problems of a complete, well-typed flattened config (keys in `skip` are not checked)."""
+    skip = set(skip)
+    ranges = range_problems(flat, skip)
+    return list(ranges.values()) + cross_problems(flat, skip | set(ranges))
+
+
+def check_config(cfg: Mapping) -> None:
+    """Raise one `ConfigError` listing every type, range and cross-key problem of a complete config.
+
+    `load_config` already does this; call it on a config that did not come from `load_config`.
+    """
+    defaults = flatten(read_yaml(DEFAULT_CONFIG_PATH))
+    flat = {**defaults, **flatten(cfg)}
+    out, problems = _type_check(flat, defaults)
+    _raise(problems + value_problems({**defaults, **out}, set(flat) - set(out)))
 
 
 def parse_dotlist(overrides: Iterable[str]) -> dict[str, Any]:
@@ -228,15 +268,24 @@ def parse_dotlist(overrides: Iterable[str]) -> dict[str, Any]:
 
 
 def load_config(config_file: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Build a run's config: defaults <- `config_file` <- `overrides` (`section.key=value`), validated."""
+    """Build a run's config: defaults <- `config_file` <- `overrides` (`section.key=value`), validated.
+
+    One `ConfigError` lists every unknown key, wrong type, value out of range and inconsistent
+    combination; nothing else is done before (no model, no file), so a caller may rely on it.
+    """
     defaults = flatten(read_yaml(DEFAULT_CONFIG_PATH))
     merged = dict(defaults)
     layers = []
     if config_file is not None:
         layers.append(flatten(read_yaml(config_file)))
     layers.append(parse_dotlist(overrides))
+    problems, invalid = [], set()
     for layer in layers:
-        merged.update(validate(layer, defaults))
+        out, layer_problems = _type_check(layer, defaults)
+        merged.update(out)
+        problems += layer_problems
+        invalid |= set(layer) - set(out)
+    _raise(problems + value_problems(merged, invalid))
     return Config.wrap(unflatten(merged))
 
 

@@ -3,7 +3,8 @@
 Every option lives in a section dataclass below (`model`, `data`, `features`, `linear`, `knn`,
 `finetune`, `segmentation`, `report`, `runtime`); its annotation is its schema (`int`, `float`,
 `bool`, `str`, `X | None`, `list[X]`, `Literal[...]` for closed sets). An unknown section or key is
-a `ConfigError` suggesting the closest valid one, a wrongly typed value names its key, and all
+a `ConfigError` suggesting the closest valid one, a wrongly typed value names its key, every numeric
+option has a valid range (`RANGES`) and a few options are checked together (`cross_problems`); all
 problems are reported at once (the same rules as the pretraining config, `dinov3_us.configs`).
 """
 
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from dinov3_us.configs.config import flatten, parse_dotlist, read_yaml, suggest_key, type_ok
+from dinov3_us.configs.ranges import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN_HIGH, UNIT_OPEN_LOW, Range
 from dinov3_us.errors import ConfigError
 from dinov3_us.fileio import write_atomic
 
@@ -234,8 +236,121 @@ def schema() -> dict[str, Any]:
     return out
 
 
-def apply(cfg: EvalConfig, flat: Mapping[str, Any], where: str) -> EvalConfig:
-    """Set `section.key` values on `cfg` (validated); one `ConfigError` lists every problem."""
+# The valid range of every numeric option (of each item for a list); `null` is never range-checked.
+RANGES: dict[str, Range] = {
+    "model.seed": NON_NEGATIVE,
+    "data.image_size": AT_LEAST_ONE,
+    "data.resize_size": AT_LEAST_ONE,  # and >= data.image_size (cross_problems)
+    "data.mean": UNIT,  # pixels are in [0, 1] when normalised
+    "data.std": POSITIVE,
+    "data.batch_size": AT_LEAST_ONE,
+    "data.num_workers": NON_NEGATIVE,
+    "data.label_bins": Range(2),  # one bin is no classification
+    "linear.learning_rates": POSITIVE,
+    "linear.n_last_blocks": AT_LEAST_ONE,
+    "linear.epochs": AT_LEAST_ONE,
+    "linear.iterations_per_epoch": AT_LEAST_ONE,
+    "linear.batch_size": AT_LEAST_ONE,
+    "linear.momentum": UNIT_OPEN_HIGH,
+    "linear.weight_decay": NON_NEGATIVE,
+    "linear.focal_gamma": NON_NEGATIVE,  # 0: plain cross-entropy
+    "linear.label_smoothing": UNIT_OPEN_HIGH,
+    "linear.patience": AT_LEAST_ONE,  # null: no early stopping; 0 would stop every head after one epoch
+    "linear.seed": NON_NEGATIVE,
+    "linear.label_fractions": UNIT_OPEN_LOW,
+    "linear.label_seeds": NON_NEGATIVE,
+    "knn.ks": AT_LEAST_ONE,
+    "knn.temperature": POSITIVE,
+    "knn.default_k": AT_LEAST_ONE,
+    "finetune.epochs": AT_LEAST_ONE,
+    "finetune.batch_size": AT_LEAST_ONE,
+    "finetune.lr": POSITIVE,
+    "finetune.layer_decay": UNIT_OPEN_LOW,
+    "finetune.patch_embed_lr_mult": NON_NEGATIVE,
+    "finetune.weight_decay": NON_NEGATIVE,
+    "finetune.warmup_epochs": NON_NEGATIVE,  # and <= finetune.epochs (cross_problems)
+    "finetune.min_lr": NON_NEGATIVE,
+    "finetune.clip_grad": NON_NEGATIVE,  # 0 or null: no clipping
+    "finetune.drop_path_rate": UNIT_OPEN_HIGH,
+    "finetune.label_smoothing": UNIT_OPEN_HIGH,
+    "finetune.crop_scale": UNIT_OPEN_LOW,  # [min, max] fractions of the image area
+    "finetune.hflip": UNIT,
+    "finetune.patience": AT_LEAST_ONE,
+    "finetune.seed": NON_NEGATIVE,
+    "segmentation.learning_rates": POSITIVE,
+    "segmentation.n_last_blocks": AT_LEAST_ONE,
+    "segmentation.epochs": AT_LEAST_ONE,
+    "segmentation.batch_size": AT_LEAST_ONE,
+    "segmentation.momentum": UNIT_OPEN_HIGH,
+    "segmentation.weight_decay": NON_NEGATIVE,
+    "segmentation.foreground_threshold": Range(1, 255),  # 0 would make every pixel foreground
+    "segmentation.seed": NON_NEGATIVE,
+    "report.bootstrap": NON_NEGATIVE,  # 0: no confidence intervals
+    "report.ci": Range(0, 1, low_open=True, high_open=True),
+    "report.seed": NON_NEGATIVE,
+}
+
+# Lists that must not be empty (each is a grid, or the ks of kNN) and [min, max] lists.
+NON_EMPTY = ("linear.learning_rates", "linear.n_last_blocks", "linear.avgpool", "linear.losses", "knn.ks",
+             "segmentation.learning_rates")
+PAIRS = ("finetune.crop_scale",)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def range_problem(key: str, value: Any) -> str | None:
+    """A one-line problem when `value` (already of the right type) is outside `key`'s range, else None."""
+    if key in NON_EMPTY and value == []:
+        return f"{key}: expected at least one value, got []"
+    bounds = RANGES.get(key)
+    if value is None or bounds is None:
+        return None
+    if isinstance(value, list):
+        if not all(_number(v) and v in bounds for v in value):
+            return f"{key}: expected every value {bounds}, got {value!r}"
+        if key in PAIRS and (len(value) != 2 or value[0] > value[1]):
+            return f"{key}: expected [min, max] with min <= max, got {value!r}"
+        return None
+    return f"{key}: expected {bounds}, got {value!r}" if _number(value) and value not in bounds else None
+
+
+def cross_problems(cfg: EvalConfig, skip: Iterable[str] = ()) -> list[str]:
+    """Problems between options of a complete config; a check involving a key in `skip` is not run."""
+    skip, problems = set(skip), []
+    data, ft = cfg.data, cfg.finetune
+
+    def check(keys: tuple[str, ...], bad: bool, message: str) -> None:
+        if bad and not skip & set(keys):
+            problems.append(message)
+
+    check(("finetune.warmup_epochs", "finetune.epochs"), ft.warmup_epochs > ft.epochs,
+          f"finetune.warmup_epochs: expected <= finetune.epochs ({ft.epochs}), got {ft.warmup_epochs}")
+    check(("data.resize_size", "data.image_size"),
+          data.resize_mode == "center_crop" and data.resize_size is not None and data.resize_size < data.image_size,
+          f"data.resize_size: expected >= data.image_size ({data.image_size}) for the centre crop, "
+          f"got {data.resize_size}")
+    for key in ("mean", "std"):
+        values = getattr(data, key)
+        check((f"data.{key}",), values is not None and cfg.model.in_chans is not None
+              and len(values) != cfg.model.in_chans,
+              f"data.{key}: expected {cfg.model.in_chans} values (model.in_chans), got {values!r}")
+    check(("data.mean", "data.std"), data.mean is not None and data.std is not None
+          and len(data.mean) != len(data.std),
+          f"data.mean / data.std: expected as many values, got {data.mean!r} and {data.std!r}")
+    return problems
+
+
+def value_problems(cfg: EvalConfig) -> list[str]:
+    """Every range problem of `cfg`, and every cross-option problem among the options in range."""
+    flat = {f"{section}.{name}": value for section, body in cfg.to_dict().items() for name, value in body.items()}
+    ranges = {key: p for key, value in flat.items() if (p := range_problem(key, value))}
+    return list(ranges.values()) + cross_problems(cfg, ranges)
+
+
+def _apply(cfg: EvalConfig, flat: Mapping[str, Any]) -> list[str]:
+    """Set the well-typed `section.key` values of `flat` on `cfg`; the problem lines of the others."""
     types_ = schema()
     problems = []
     for key, value in flat.items():
@@ -248,8 +363,27 @@ def apply(cfg: EvalConfig, flat: Mapping[str, Any], where: str) -> EvalConfig:
             continue
         section, name = key.split(".", 1)
         setattr(getattr(cfg, section), name, value)
+    return problems
+
+
+def _raise(problems: list[str], where: str | None) -> None:
     if problems:
-        raise ConfigError(f"invalid evaluation configuration ({where}):\n  " + "\n  ".join(problems))
+        header = f"invalid evaluation configuration ({where})" if where else "invalid evaluation configuration"
+        raise ConfigError(header + ":\n  " + "\n  ".join(problems))
+
+
+def apply(cfg: EvalConfig, flat: Mapping[str, Any], where: str) -> EvalConfig:
+    """Set `section.key` values on `cfg` (types checked); one `ConfigError` lists every problem.
+
+    Ranges need the complete config: `load_eval_config` and `check_eval_config` apply them.
+    """
+    _raise(_apply(cfg, flat), where)
+    return cfg
+
+
+def check_eval_config(cfg: EvalConfig) -> EvalConfig:
+    """Raise one `ConfigError` listing every option of `cfg` out of its range (or inconsistent); else `cfg`."""
+    _raise(value_problems(cfg), None)
     return cfg
 
 
@@ -258,18 +392,24 @@ def load_eval_config(
     flags: Mapping[str, Any] | None = None,
     overrides: Iterable[str] = (),
 ) -> EvalConfig:
-    """defaults <- `config_file` <- `flags` ({'section.key': value}, None values skipped) <- `overrides`."""
+    """defaults <- `config_file` <- `flags` ({'section.key': value}, None values skipped) <- `overrides`.
+
+    One `ConfigError` lists every unknown key and wrong type (each followed by where it was set), every
+    value out of range and every inconsistent combination.
+    """
     cfg = EvalConfig()
+    layers = []
     if config_file is not None:
         data = read_yaml(config_file)
         problems = [f"{section}: expected a mapping of keys, got {body!r}" for section, body in data.items()
                     if not isinstance(body, Mapping)]
-        if problems:
-            raise ConfigError(f"invalid evaluation configuration ({config_file}):\n  " + "\n  ".join(problems))
-        apply(cfg, flatten({section: body for section, body in data.items() if body}), str(config_file))
+        _raise(problems, str(config_file))
+        layers.append((str(config_file), flatten({section: body for section, body in data.items() if body})))
     if flags:
-        apply(cfg, {k: v for k, v in flags.items() if v is not None}, "command-line flags")
-    apply(cfg, parse_dotlist(overrides), "command-line overrides")
+        layers.append(("command-line flags", {k: v for k, v in flags.items() if v is not None}))
+    layers.append(("command-line overrides", parse_dotlist(overrides)))
+    problems = [f"{line} ({where})" for where, flat in layers for line in _apply(cfg, flat)]
+    _raise(problems + value_problems(cfg), None)  # a wrongly typed key keeps its earlier (valid) value
     return cfg
 
 

@@ -97,7 +97,9 @@ def test_malformed_override_and_missing_file(tmp_path):
 def test_schema_tables_match_the_defaults():
     defaults = flatten(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()))
     nulls = {k for k, v in defaults.items() if v is None}
-    assert nulls == set(NULLABLE_TYPES), "every null default needs a declared type, and only those"
+    assert nulls <= set(NULLABLE_TYPES), "every null default needs a declared type"
+    for key in set(NULLABLE_TYPES) - nulls:  # a non-null default that may be set to null: same type
+        assert type(defaults[key]) is NULLABLE_TYPES[key], key
     empty_lists = {k for k, v in defaults.items() if v == []}
     assert empty_lists == set(LIST_ITEM_TYPES), "every empty-list default needs a declared item type"
     assert set(CHOICES) <= set(defaults)
@@ -129,3 +131,20 @@ def test_print_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dinov3_us.configs", "student.arhc=vit_small"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "did you mean 'student.arch'" in bad.stderr
+
+
+@pytest.mark.parametrize("how", ["head", "close"])
+def test_print_cli_into_a_closed_pipe_is_quiet(how):
+    cmd = [sys.executable, "-m", "dinov3_us.configs"]
+    if how == "head":  # python -m dinov3_us.configs | head -1
+        shell = " ".join(cmd) + " | head -1; exit ${PIPESTATUS[0]}"
+        proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
+        assert proc.stdout == "compute_precision:\n"
+        rc, stderr = proc.returncode, proc.stderr
+    else:  # read one line, then close the pipe before the rest is written
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        assert proc.stdout.readline() == "compute_precision:\n"
+        proc.stdout.close()
+        rc, stderr = proc.wait(timeout=60), proc.stderr.read()
+        proc.stderr.close()
+    assert rc == 0 and "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

@@ -1,11 +1,20 @@
 """Evaluation config: the study's protocol file is valid, precedence is file < flags < overrides, typos are named."""
 
+import typing
 from pathlib import Path
 
 import pytest
 
 from dinov3_us.errors import ConfigError
-from dinov3_us.eval.config import OFFICIAL_LEARNING_RATES, load_eval_config, write_eval_config
+from dinov3_us.eval.config import (
+    OFFICIAL_LEARNING_RATES,
+    RANGES,
+    EvalConfig,
+    check_eval_config,
+    load_eval_config,
+    schema,
+    write_eval_config,
+)
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "configs" / "eval" / "fpdb_brain_planes.yaml"
 
@@ -41,3 +50,65 @@ def test_all_problems_are_reported_at_once(tmp_path):
     (tmp_path / "flat.yaml").write_text("epochs: 3\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_eval_config(tmp_path / "flat.yaml")
+
+
+def _numeric(tp) -> bool:
+    """True when the annotation `tp` admits an int or float (directly, in a union or as list items)."""
+    if tp in (int, float):
+        return True
+    if typing.get_origin(tp) is typing.Literal:
+        return False
+    return any(_numeric(arg) for arg in typing.get_args(tp))
+
+
+def test_every_numeric_option_has_a_range():
+    numeric = {key for key, tp in schema().items() if _numeric(tp)}
+    missing = sorted(numeric - set(RANGES))
+    assert not missing, f"add a range to dinov3_us/eval/config.py RANGES for {missing}"
+    assert set(RANGES) <= numeric, "RANGES names an option that is not numeric (or does not exist)"
+    check_eval_config(EvalConfig())  # the defaults are in range
+    check_eval_config(load_eval_config(PROTOCOL))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("linear.learning_rates=[0.1,-1]", "linear.learning_rates: expected every value > 0, got [0.1, -1.0]"),
+        ("linear.learning_rates=[]", "linear.learning_rates: expected at least one value"),
+        ("knn.ks=[0,10]", "knn.ks: expected every value >= 1"),
+        ("knn.temperature=0", "knn.temperature: expected > 0, got 0.0"),
+        ("finetune.drop_path_rate=1", "finetune.drop_path_rate: expected in [0, 1), got 1.0"),
+        ("finetune.lr=-1e-4", "finetune.lr: expected > 0, got -0.0001"),
+        ("finetune.crop_scale=[0.9,0.5]", "finetune.crop_scale: expected [min, max] with min <= max"),
+        ("finetune.hflip=1.5", "finetune.hflip: expected in [0, 1], got 1.5"),
+        ("linear.label_fractions=[0,0.5]", "linear.label_fractions: expected every value in (0, 1]"),
+        ("linear.patience=0", "linear.patience: expected >= 1, got 0"),
+        ("data.batch_size=0", "data.batch_size: expected >= 1, got 0"),
+        ("data.label_bins=1", "data.label_bins: expected >= 2, got 1"),
+        ("data.std=[0]", "data.std: expected every value > 0"),
+        ("report.ci=1", "report.ci: expected in (0, 1), got 1.0"),
+        ("segmentation.foreground_threshold=0", "segmentation.foreground_threshold: expected in [1, 255], got 0"),
+        ("finetune.warmup_epochs=31", "finetune.warmup_epochs: expected <= finetune.epochs (30), got 31"),
+    ],
+)
+def test_a_value_out_of_range_names_the_option_and_the_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_eval_config(None, overrides=[override])
+    assert message in str(err.value) and str(err.value).count("\n") == 1
+
+
+def test_range_and_type_problems_of_every_layer_in_one_error(tmp_path):
+    f = tmp_path / "eval.yaml"
+    f.write_text("knn:\n  temperature: -1\nlinear:\n  epochs: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_eval_config(f, {"data.image_size": 0}, ["data.resize_mode=center_crop", "data.resize_size=100",
+                                                     "model.in_chans=1", "data.mean=[0.5,0.5,0.5]"])
+    msg = str(err.value)
+    assert f"linear.epochs: expected int, got 'many' ({f})" in msg
+    assert "knn.temperature: expected > 0" in msg and "data.image_size: expected >= 1, got 0" in msg
+    assert "data.mean: expected 1 values (model.in_chans)" in msg
+    assert "data.resize_size" not in msg  # image_size is itself out of range: the crop rule is not run
+    f.write_text("knn:\n  temperature: -1\n")
+    assert load_eval_config(f, {"knn.temperature": 0.1}).knn.temperature == 0.1  # ranges apply to the merged config
+    with pytest.raises(ConfigError, match="data.resize_size: expected >= data.image_size"):
+        load_eval_config(None, overrides=["data.resize_mode=center_crop", "data.resize_size=100"])

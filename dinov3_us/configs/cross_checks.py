@@ -1,0 +1,152 @@
+"""Checks that relate several keys of a run config, run by `load_config` before any work is done.
+
+Each rule is cheap and certain: the combination it rejects would fail later (after the model is built
+and `config.yaml` is written) or would silently not do what the keys say. A rule is skipped when one
+of its keys already has a type or range problem, so every message is about values that are otherwise
+valid. The same conditions are still checked where the values are used (`SSLMetaArch`, `GramAnchoring`,
+the schedules, the augmentations); these make them fail at load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`check(flat)` returns problem lines about `keys` (an empty list when they are consistent)."""
+
+    keys: tuple[str, ...]
+    check: Callable[[Mapping[str, Any]], list[str]]
+
+
+def _at_most_epochs(key: str) -> Rule:
+    def check(c):
+        if c[key] > c["optim.epochs"]:
+            return [f"{key}: expected <= optim.epochs ({c['optim.epochs']}), got {c[key]}"]
+        return []
+
+    return Rule((key, "optim.epochs"), check)
+
+
+def _multiple_of_patch(key: str) -> Rule:
+    def check(c):
+        size, patch = c[key], c["student.patch_size"]
+        if size is not None and size % patch:
+            return [f"{key}: expected a multiple of student.patch_size ({patch}), got {size}"]
+        return []
+
+    return Rule((key, "student.patch_size"), check)
+
+
+def _v2_schedule(name: str) -> Rule:
+    warmup_key, cosine_key = f"schedules.{name}.warmup_epochs", f"schedules.{name}.cosine_epochs"
+
+    def check(c):
+        if not c["schedules.enabled"]:
+            return []
+        epochs, warmup, cosine = c["optim.epochs"], c[warmup_key], c[cosine_key]
+        if warmup + (cosine or 0) > epochs:
+            what = f"{warmup_key} ({warmup})" + (f" + {cosine_key} ({cosine})" if cosine else "")
+            return [f"schedules.{name}: {what} must be <= optim.epochs ({epochs}) with schedules.enabled=true"]
+        return []
+
+    return Rule(("schedules.enabled", "optim.epochs", warmup_key, cosine_key), check)
+
+
+def _v2_freeze(c):
+    key = "schedules.lr.freeze_last_layer_epochs"
+    if c["schedules.enabled"] and c[key] > c["optim.epochs"]:
+        return [f"{key}: expected <= optim.epochs ({c['optim.epochs']}), got {c[key]}"]
+    return []
+
+
+def _local_subset(c):
+    if not c["crops.localcrops_subset_of_globalcrops"]:
+        return []
+    number, local, glob = c["crops.local_crops_number"], c["crops.local_crops_size"], c["crops.global_crops_size"]
+    if number % 2 or local > glob:
+        return ["crops.localcrops_subset_of_globalcrops=true needs an even crops.local_crops_number and "
+                f"crops.local_crops_size <= crops.global_crops_size, got {number}, {local} and {glob}"]
+    return []
+
+
+def _koleo(c):
+    if c["dino.koleo_topk"] > 1 and not c["dino.koleo_loss_distributed"]:
+        return [f"dino.koleo_topk: {c['dino.koleo_topk']} > 1 needs dino.koleo_loss_distributed=true"]
+    return []
+
+
+def _separate_head(c):
+    if not c["ibot.separate_head"]:
+        return ["ibot.separate_head=false is not supported: the iBOT head is always separate, as in DINOv3"]
+    return []
+
+
+def _rope_periods(c):
+    base = c["student.pos_embed_rope_base"]
+    lo, hi = c["student.pos_embed_rope_min_period"], c["student.pos_embed_rope_max_period"]
+    if (lo is None) != (hi is None):
+        return ["student.pos_embed_rope_min_period and pos_embed_rope_max_period: set both or neither"]
+    if lo is not None and base is not None:
+        return ["student.pos_embed_rope_min_period/max_period replace student.pos_embed_rope_base: "
+                "set student.pos_embed_rope_base=null to use them"]
+    if lo is None and base is None:
+        return ["student.pos_embed_rope_base: null needs student.pos_embed_rope_min_period and max_period"]
+    if lo is not None and lo > hi:
+        return [f"student.pos_embed_rope_min_period ({lo}) must be <= pos_embed_rope_max_period ({hi})"]
+    return []
+
+
+def _pool_weights(c):
+    weights = c["data.pool_weights"]
+    if weights and sum(weights) <= 0:
+        return [f"data.pool_weights: expected at least one weight > 0, got {weights!r}"]
+    return []
+
+
+def _gram(c):
+    """The conditions `GramAnchoring` checks when `gram.use_loss` is on."""
+    if not c["gram.use_loss"]:
+        return []
+    problems = []
+    if c["gram.ema_teacher"] and c["gram.ckpt"]:
+        problems.append("gram.ema_teacher and gram.ckpt are exclusive: set one of them")
+    if c["gram.ema_teacher"] and c["gram.rep_update"]:
+        problems.append("gram.rep_update has no meaning with gram.ema_teacher=true: set it to false")
+    if not c["gram.ema_teacher"] and not c["gram.ckpt"] and c["gram.it_load_ema_teacher"] < 0:
+        problems.append("gram.use_loss needs gram.ckpt, gram.ema_teacher=true or gram.it_load_ema_teacher >= 0")
+    if not c["gram.ema_teacher"] and c["crops.gram_teacher_crops_size"] is None:
+        problems.append("a separate Gram teacher needs crops.gram_teacher_crops_size")
+    if c["gram.tokens_used"] != "all" and c["gram.img_level"]:
+        problems.append("gram.tokens_used=masked/unmasked needs gram.img_level=false")
+    return problems
+
+
+RULES: tuple[Rule, ...] = (
+    _at_most_epochs("optim.warmup_epochs"),  # the lr warmup must fit in the run
+    _at_most_epochs("optim.freeze_last_layer_epochs"),  # else the prototypes are never trained
+    _at_most_epochs("teacher.warmup_teacher_temp_epochs"),  # else teacher_temp is never reached
+    _multiple_of_patch("crops.global_crops_size"),  # PatchEmbed refuses other sizes
+    _multiple_of_patch("crops.local_crops_size"),
+    _multiple_of_patch("crops.gram_teacher_crops_size"),
+    *(_v2_schedule(name) for name in ("lr", "weight_decay", "momentum", "teacher_temp")),
+    Rule(("schedules.enabled", "optim.epochs", "schedules.lr.freeze_last_layer_epochs"), _v2_freeze),
+    Rule(("crops.localcrops_subset_of_globalcrops", "crops.local_crops_number", "crops.local_crops_size",
+          "crops.global_crops_size"), _local_subset),
+    Rule(("dino.koleo_topk", "dino.koleo_loss_distributed"), _koleo),
+    Rule(("ibot.separate_head",), _separate_head),
+    Rule(("student.pos_embed_rope_base", "student.pos_embed_rope_min_period",
+          "student.pos_embed_rope_max_period"), _rope_periods),
+    Rule(("data.pool_weights",), _pool_weights),
+    Rule(("gram.use_loss", "gram.ema_teacher", "gram.ckpt", "gram.rep_update", "gram.it_load_ema_teacher",
+          "crops.gram_teacher_crops_size", "gram.tokens_used", "gram.img_level"), _gram),
+)
+
+
+def cross_problems(flat: Mapping[str, Any], skip: Iterable[str] = ()) -> list[str]:
+    """Every cross-key problem of a complete flattened config; rules touching a key in `skip` are not run."""
+    skip = set(skip)
+    return [p for rule in RULES if not skip & set(rule.keys) for p in rule.check(flat)]
