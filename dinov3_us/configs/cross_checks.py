@@ -128,7 +128,6 @@ def _gram(c):
 RULES: tuple[Rule, ...] = (
     _at_most_epochs("optim.warmup_epochs"),  # the lr warmup must fit in the run
     _at_most_epochs("optim.freeze_last_layer_epochs"),  # else the prototypes are never trained
-    _at_most_epochs("teacher.warmup_teacher_temp_epochs"),  # else teacher_temp is never reached
     _multiple_of_patch("crops.global_crops_size"),  # PatchEmbed refuses other sizes
     _multiple_of_patch("crops.local_crops_size"),
     _multiple_of_patch("crops.gram_teacher_crops_size"),

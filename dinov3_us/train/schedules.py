@@ -132,6 +132,10 @@ def build_schedulers(cfg: Mapping, world_size: int = 1) -> Schedules:
         momentum = cosine_schedule(teacher["momentum_teacher"], teacher["final_momentum_teacher"], total,
                                    trunc_extra=trunc)
         warm = min(teacher["warmup_teacher_temp_epochs"] * epoch, total)  # linear warmup, then constant
+        if warm < teacher["warmup_teacher_temp_epochs"] * epoch:
+            logger.warning("teacher.warmup_teacher_temp_epochs (%d) is longer than the run (%d epochs): the teacher "
+                           "temperature warms up over the whole run and reaches %g at its last iteration",
+                           teacher["warmup_teacher_temp_epochs"], optim["epochs"], teacher["teacher_temp"])
         temp = cosine_schedule(teacher["teacher_temp"], teacher["teacher_temp"], total, warm,
                                start_warmup_value=teacher["warmup_teacher_temp"])
     last_layer_lr = lr.copy()
