@@ -68,6 +68,19 @@ def snapshot(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def two_checkpoints(tmp_path) -> tuple[CheckpointManager, dict[str, torch.Tensor]]:
+    """Checkpoints 1 and 2 of a model trained one step between them; (manager, the model's state at 1)."""
+    model, opt = make(0)
+    states = {"model": ModelOptimizerState(model, opt)}
+    ckpt = manager(tmp_path)
+    step(model, opt, 1)
+    ckpt.save(1, states)
+    first = snapshot(model)
+    step(model, opt, 2)
+    ckpt.save(2, states)
+    return ckpt, first
+
+
 def manager(tmp_path, **kw) -> CheckpointManager:
     args = {"period": 1, "max_to_keep": 10, "keep_every": 0, **kw}
     return CheckpointManager(tmp_path / "ckpt", **args)
@@ -181,14 +194,7 @@ def test_half_written_save_is_ignored_then_cleaned(tmp_path, caplog):
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "no_metadata"])
 def test_damaged_latest_falls_back_to_previous(tmp_path, caplog, damage):
-    model, opt = make(0)
-    states = {"model": ModelOptimizerState(model, opt)}
-    ckpt = manager(tmp_path)
-    step(model, opt, 1)
-    ckpt.save(1, states)
-    first = snapshot(model)
-    step(model, opt, 2)
-    ckpt.save(2, states)
+    ckpt, first = two_checkpoints(tmp_path)
     data = next((ckpt.ckpt_dir / "2").glob("*.distcp"))
     if damage == "truncate":
         data.write_bytes(data.read_bytes()[:-100])
@@ -251,14 +257,7 @@ def test_saving_an_iteration_again_replaces_it(tmp_path):
 
 
 def test_damage_at_the_same_size_is_caught_by_the_checksums(tmp_path, caplog):
-    model, opt = make(0)
-    states = {"model": ModelOptimizerState(model, opt)}
-    ckpt = manager(tmp_path)
-    step(model, opt, 1)
-    ckpt.save(1, states)
-    first = snapshot(model)
-    step(model, opt, 2)
-    ckpt.save(2, states)
+    ckpt, first = two_checkpoints(tmp_path)
     info = json.loads((ckpt.ckpt_dir / "2" / MARKER).read_text())
     assert set(info["crc32"]) == set(info["files"]) and damaged_files(ckpt.ckpt_dir / "2") == []
     data = next((ckpt.ckpt_dir / "2").glob("*.distcp"))
