@@ -34,7 +34,11 @@ setup(
     extras_require={
         # webdataset: the tests read our shards back through wds.WebDataset to prove compatibility; the
         # package itself reads and writes tars with tarfile (why: dinov3_us/data/shards/__init__.py).
-        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "ruff>=0.5", "webdataset>=0.2.86"],
+        # transformers: tests/interop checks that exported backbones load in DINOv3ViTModel with the same outputs.
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "ruff>=0.5", "webdataset>=0.2.86", "transformers>=5,<6"],
         "xformers": ["xformers>=0.0.28"],
+        # interop: dinov3_us.interop reads/writes Hugging Face folders without these; they are for loading the
+        # exported backbones in transformers / timm.
+        "interop": ["transformers>=5,<6", "timm>=1.0.20"],
     },
 )
