@@ -428,7 +428,7 @@ def _model_card(arch: Mapping, config: Mapping, meta: Mapping, pre: Mapping) -> 
     lines = ["---", "library_name: transformers", "pipeline_tag: image-feature-extraction",
              "tags: [dinov3, vision-transformer, ultrasound, self-supervised]", "---", "",
              f"# {meta.get('name', 'dinov3_us backbone')}", "",
-             "A DINOv3 ViT backbone pretrained with [dinov3_us](https://github.com/) (self-supervised, fetal "
+             "A DINOv3 ViT backbone pretrained with dinov3_us (DINOv3 self-supervised learning on fetal "
              "ultrasound), exported to transformers' `DINOv3ViTModel` with numerically identical outputs.", "",
              "| | |", "|---|---|",
              f"| architecture | ViT: {arch['embed_dim']} dim, {arch['depth']} blocks, {arch['num_heads']} heads, "
