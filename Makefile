@@ -32,6 +32,9 @@ $(VENV)/.installed: setup.py
 	else \
 		$(PY) -m pip install -q "$(TORCH_PIN)" -e ".[test]"; \
 	fi
+	# timm without its dependencies: its torchvision would replace a CPU torch with a CUDA build, and the DINOv3
+	# models do not use it (tests/interop/test_timm.py stands in for the names timm imports; see there)
+	$(PY) -m pip install -q --no-deps "timm==1.0.31"
 	touch $@
 
 install: $(VENV)/.installed

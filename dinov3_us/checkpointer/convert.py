@@ -8,6 +8,7 @@ run's `config.yaml`: any mismatch is an error. A run folder stands for its newes
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -20,7 +21,6 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from dinov3_us.checkpointer.checkpointer import MARKER, checkpoint_folders, damaged_files, invalid_reason
-from dinov3_us.checkpointer.export import save_backbone
 from dinov3_us.configs import load_config
 from dinov3_us.errors import CheckpointError
 from dinov3_us.fileio import atomic_path
@@ -92,12 +92,12 @@ def run_config_of(ckpt: Path):
     return path
 
 
-def convert_checkpoint(ckpt: str | os.PathLike, output: str | os.PathLike, *, which: str = "teacher",
-                       config_file: str | os.PathLike | None = None, heads: bool = False) -> Path:
-    """Write the `which` (teacher|student) backbone of `ckpt` to `output` (.pth or .safetensors) + `<stem>.json`.
+def read_checkpoint_backbone(ckpt: str | os.PathLike, *, which: str = "teacher",
+                             config_file: str | os.PathLike | None = None) -> tuple[dict, dict, dict]:
+    """(state dict in the official layout, architecture kwargs, card metadata) of a checkpoint's `which` backbone.
 
-    `ckpt` is a checkpoint folder or a run folder (its newest complete checkpoint).
-    With `heads`, the DINO and iBOT heads are written beside it as `<stem>_heads.pth`.
+    `ckpt` is a checkpoint folder or a run folder (its newest complete checkpoint). The metadata
+    (iteration, source, config, normalisation, the run's evaluation results) feeds the exports' cards.
     """
     ckpt = resolve_checkpoint(ckpt)
     if which not in PARTS:
@@ -111,11 +111,48 @@ def convert_checkpoint(ckpt: str | os.PathLike, output: str | os.PathLike, *, wh
         reference = DinoVisionTransformer(**arch)
     check_state_dict(state, reference, f"{which} backbone of {ckpt}")
     iteration = int(ckpt.name) if ckpt.name.isdigit() else None
-    out = save_backbone(state, output, arch, iteration=iteration, source=str(ckpt), which=which)
+    return state, arch, card_meta(RunDir.of_checkpoint(ckpt.resolve()), cfg, iteration, str(ckpt), which)
+
+
+def card_meta(run: RunDir, cfg, iteration: int | None, source: str, which: str) -> dict:
+    """What an export's model card says: run, data pool, recipe, iterations, normalisation, evaluation results."""
+    gray = cfg.student.in_chans == 1
+    results = {}
+    for path in sorted(run.root.glob("eval/*/results.json")):
+        try:
+            data = json.loads(path.read_text())
+            results[path.parent.name] = {"task": data.get("task"), **{k: v for k, v in data.get("metrics", {}).items()
+                                                                      if isinstance(v, (int, float))}}
+        except (OSError, ValueError, AttributeError):
+            continue
+    total = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
+    return {"iteration": iteration, "source": source, "which": which, "run": str(run.root),
+            "data": f"`{cfg.train.dataset_path}`", "recipe": f"the resolved config in {run.config}",
+            "iterations": f"{(iteration or 0) + 1} of {total} (checkpoint {source})",
+            "arch_name": cfg.student.arch, "in_chans": cfg.student.in_chans,
+            "image_mean": [cfg.augment.gray_mean] if gray else list(cfg.crops.rgb_mean),
+            "image_std": [cfg.augment.gray_std] if gray else list(cfg.crops.rgb_std), "results": results}
+
+
+def convert_checkpoint(ckpt: str | os.PathLike, output: str | os.PathLike, *, which: str = "teacher",
+                       config_file: str | os.PathLike | None = None, heads: bool = False,
+                       fmt: str = "official") -> Path:
+    """Write the `which` (teacher|student) backbone of `ckpt` to `output` in `fmt` (official, hf, timm).
+
+    `ckpt` is a checkpoint folder or a run folder (its newest complete checkpoint). `official`: a `.pth`
+    or `.safetensors` + `<stem>.json`; `hf` / `timm`: see `dinov3_us.interop`. With `heads`, the DINO
+    and iBOT heads are written beside it as `<stem>_heads.pth`.
+    """
+    from dinov3_us.interop import export_backbone
+
+    ckpt = resolve_checkpoint(ckpt)
+    state, arch, meta = read_checkpoint_backbone(ckpt, which=which, config_file=config_file)
+    out, how = export_backbone(state, arch, output, fmt, meta=meta)
+    logger.info("load it with: %s", how)
     if heads:
         head_prefix = MODEL_PREFIX + which + "."
         head_state = {k: v for k, v in iter_tensors(ckpt, head_prefix) if k.startswith(("dino_head.", "ibot_head."))}
         with atomic_path(Path(output).with_name(Path(output).stem + "_heads.pth")) as tmp:
             torch.save(head_state, tmp)
-    logger.info("converted %s (%s backbone, %d tensors) -> %s", ckpt, which, len(state), out)
+    logger.info("converted %s (%s backbone, %d tensors) -> %s (%s)", ckpt, which, len(state), out, fmt)
     return out

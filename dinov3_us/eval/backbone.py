@@ -29,9 +29,11 @@ from dinov3_us.checkpointer.checkpointer import MARKER
 from dinov3_us.dtypes import DTYPE_NAMES
 from dinov3_us.errors import CheckpointError, ConfigError
 from dinov3_us.hub import RELEASED_KWARGS
+from dinov3_us.interop import read_backbone, weights_digest_file
+from dinov3_us.interop.hf import is_hf
 from dinov3_us.models import ARCHS
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
-from dinov3_us.models.weights import adapt_state_dict, check_state_dict, read_state_dict
+from dinov3_us.models.weights import adapt_state_dict, check_state_dict
 from dinov3_us.run_dir import RunDir
 
 logger = logging.getLogger("dinov3_us")
@@ -188,7 +190,7 @@ def resolve_weights_file(path: Path) -> Path:
     `OUT/ckpt/<it>` gives `OUT/teacher.pth` when its teacher.json says it was converted from iteration
     <it>. Otherwise `CheckpointError` names the conversion command.
     """
-    if path.is_file():
+    if path.is_file() or is_hf(path):
         return path
     if not path.is_dir():
         raise CheckpointError(f"weights file {path} does not exist")
@@ -297,12 +299,16 @@ def load_eval_backbone(
         backbone = EvalBackbone(model, kwargs, "random", digest, "random", {"seed": seed})
     else:
         path = resolve_weights_file(Path(pretrained_weights).expanduser().resolve())
-        state = unwrap_state_dict(read_state_dict(path))
-        meta = _read_arch_json(path)
+        state, arch_of_format, fmt = read_backbone(path)
+        state = unwrap_state_dict(state)
+        meta = _read_arch_json(path) if fmt == "official" else None
         if meta is not None:
             kwargs = dict(meta["arch"])
             kind, info = "exported", {k: v for k, v in meta.items() if k != "arch"}
             logger.info("architecture from %s", path.with_suffix(".json"))
+        elif arch_of_format is not None:
+            kwargs, kind, info = dict(arch_of_format), fmt, {"format": fmt}
+            logger.info("architecture from the %s checkpoint %s", fmt, path)
         else:
             kwargs, kind, info = infer_arch(state), "official", {}
             logger.info("architecture inferred from the state dict of %s: %s", path.name,
@@ -318,7 +324,7 @@ def load_eval_backbone(
         state = adapt_state_dict(state, model)
         check_state_dict(state, model, str(path))
         model.load_state_dict(state, strict=True)
-        backbone = EvalBackbone(model, kwargs, str(path), file_sha256(path), kind, info)
+        backbone = EvalBackbone(model, kwargs, str(path), file_sha256(weights_digest_file(path)), kind, info)
     backbone.model.set_attention_backend(attention_backend)
     backbone.model.eval()
     logger.info("backbone: %s (%s), sha256 %s", backbone.weights, backbone.kind, backbone.sha256[:12])

@@ -55,10 +55,20 @@ def _unreadable(source: str, err: Exception) -> str:
 
 
 def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a `.pth`/`.pt` file (weights only), a `.safetensors` file, or an http(s) URL."""
+    """The official-layout state dict of an http(s) URL, an official / timm `.pth` or `.safetensors`, or an HF folder.
+
+    Hugging Face transformers and timm weights are detected and mapped strictly (`dinov3_us.interop`).
+    """
+    if str(source).startswith(("http://", "https://")):
+        return torch.hub.load_state_dict_from_url(str(source), map_location="cpu", weights_only=True)
+    from dinov3_us.interop import read_backbone  # interop maps onto this package's models
+
+    return read_backbone(source)[0]
+
+
+def read_weights_file(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a `.pth`/`.pt` file (weights only) or a `.safetensors` file, as they are stored."""
     source = str(source)
-    if source.startswith(("http://", "https://")):
-        return torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
     if not os.path.isfile(source):
         raise CheckpointError(f"weights file {source} does not exist")
     if source.endswith(".safetensors"):
