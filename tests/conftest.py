@@ -38,3 +38,19 @@ def phantom_shards(tmp_path_factory) -> Path:
            "--num-samples", "64", "--image-size", "48", "--no-progress"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, phantom_shards) -> Path:
+    """A finished 4-iteration tiny_cpu pretraining on the phantom (checkpoints 1 and 3, export at 3): read-only."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    cmd = [sys.executable, str(REPO_ROOT / "tools/train.py"), "--config-file",
+           str(REPO_ROOT / "configs/train/tiny_cpu.yaml"), "--output-dir", str(out),
+           f"train.dataset_path={phantom_shards}:train", "optim.epochs=1", "train.OFFICIAL_EPOCH_LENGTH=4",
+           "checkpointing.period=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

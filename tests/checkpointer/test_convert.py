@@ -21,14 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, phantom_shards) -> Path:
-    out = tmp_path_factory.mktemp("convert") / "run"
-    cmd = [sys.executable, str(REPO / "tools/train.py"), "--config-file", str(REPO / "configs/train/tiny_cpu.yaml"),
-           "--output-dir", str(out), f"train.dataset_path={phantom_shards}:train", "optim.epochs=1",
-           "train.OFFICIAL_EPOCH_LENGTH=4", "checkpointing.period=2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 def test_cli_converts_the_teacher_exactly_as_exported(run_dir, tmp_path):
