@@ -54,13 +54,14 @@ from torch import Tensor
 
 from dinov3_us.errors import CheckpointError
 from dinov3_us.fileio import atomic_path, write_atomic, write_json_atomic
+from dinov3_us.layers.ffn_layers import SWIGLU_ALIGN
+from dinov3_us.models.vision_transformer import complete_arch, ffn_hidden_features
 
 logger = logging.getLogger("dinov3_us")
 
 MODEL_TYPE = "dinov3_vit"
 ARCH_KEY = "dinov3_us_arch"  # our kwargs, stored in config.json beside transformers' own fields
 NORM_EPS = {"layernorm": 1e-6, "layernormbf16": 1e-5}
-SWIGLU_ALIGN = {"swiglu": 8, "swiglu32": 32, "swiglu64": 64, "swiglu128": 128}
 DEFAULT_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, the official DINOv3 normalisation
 DEFAULT_STD = (0.229, 0.224, 0.225)
 # transformers config fields that hf_config derives from arch and that arch_from_hf_config must reproduce
@@ -69,32 +70,6 @@ _CHECKED_FIELDS = (
     "rope_theta", "num_channels", "patch_size", "query_bias", "key_bias", "value_bias", "proj_bias", "mlp_bias",
     "use_gated_mlp", "num_register_tokens", "pos_embed_shift", "pos_embed_jitter", "pos_embed_rescale",
 )
-
-
-def _arch_defaults() -> dict:
-    import inspect
-
-    from dinov3_us.models.vision_transformer import DinoVisionTransformer
-
-    params = inspect.signature(DinoVisionTransformer.__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in ("self", "attention_backend", "device")}
-
-
-def _full_arch(arch: Mapping) -> dict:
-    """`arch` with every constructor default filled in; unknown keys are an error."""
-    defaults = _arch_defaults()
-    unknown = sorted(set(arch) - set(defaults) - {"drop_path_rate"})
-    if unknown:
-        raise CheckpointError(f"arch has keys DinoVisionTransformer does not take: {unknown}")
-    return defaults | dict(arch)
-
-
-def _ffn_hidden(arch: Mapping) -> int:
-    hidden = int(arch["embed_dim"] * arch["ffn_ratio"])
-    if arch["ffn_layer"] == "mlp":
-        return hidden
-    d = int(hidden * 2 / 3)
-    return d + (-d % SWIGLU_ALIGN[arch["ffn_layer"]])
 
 
 def _refuse(feature: str, why: str) -> CheckpointError:
@@ -106,7 +81,7 @@ def hf_config(arch: dict) -> dict:
 
     Raises `CheckpointError` naming the first feature that transformers' DINOv3 cannot express exactly.
     """
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     if a["norm_layer"] not in NORM_EPS:
         raise _refuse(f"norm_layer={a['norm_layer']!r}", "it only has nn.LayerNorm (layernorm / layernormbf16)")
     if a["ffn_layer"] != "mlp" and a["ffn_layer"] not in SWIGLU_ALIGN:
@@ -132,7 +107,7 @@ def hf_config(arch: dict) -> dict:
         "hidden_size": a["embed_dim"],
         "num_hidden_layers": a["depth"],
         "num_attention_heads": a["num_heads"],
-        "intermediate_size": _ffn_hidden(a),
+        "intermediate_size": ffn_hidden_features(a),
         "hidden_act": "silu" if gated else "gelu",
         "use_gated_mlp": gated,
         "mlp_bias": bool(a["ffn_bias"]),
@@ -251,7 +226,7 @@ def _ffn_from_hidden(dim: int, hidden: int, gated: bool, stored: Mapping) -> tup
     for name, ratio in candidates:
         if not (name == "mlp" or name in SWIGLU_ALIGN) or (name != "mlp") != gated:
             continue
-        if _ffn_hidden({"embed_dim": dim, "ffn_ratio": ratio, "ffn_layer": name}) == hidden:
+        if ffn_hidden_features({"embed_dim": dim, "ffn_ratio": ratio, "ffn_layer": name}) == hidden:
             return name, ratio
     return None
 
@@ -263,7 +238,7 @@ def _meta_state_dict(arch: Mapping) -> dict[str, Tensor]:
     from dinov3_us.models.vision_transformer import DinoVisionTransformer
 
     with torch.device("meta"):
-        model = DinoVisionTransformer(**_full_arch(arch))
+        model = DinoVisionTransformer(**complete_arch(arch))
     return model.state_dict()
 
 
@@ -338,7 +313,7 @@ def _to_hf(sd: Mapping[str, Tensor], arch: Mapping) -> dict[str, Tensor]:
 def to_hf_state_dict(sd: dict[str, Tensor], arch: dict) -> dict[str, Tensor]:
     """Our official-format state dict -> `DINOv3ViTModel`'s keys, with no numeric change (strict)."""
     hf_config(arch)  # refuses what transformers cannot express
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     _check_keys(sd, _meta_state_dict(a), "the dinov3_us state dict")
     periods = sd["rope_embed.periods"]
     expected = _rope_periods(a)
@@ -359,7 +334,7 @@ def to_hf_state_dict(sd: dict[str, Tensor], arch: dict) -> dict[str, Tensor]:
 
 def from_hf_state_dict(sd: dict[str, Tensor], arch: dict) -> dict[str, Tensor]:
     """`DINOv3ViTModel`'s state dict -> our official-format keys (strict; the inverse of `to_hf_state_dict`)."""
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     meta = _meta_state_dict(a)
     _check_keys(sd, _to_hf(meta, a), "the transformers state dict")
     D = a["embed_dim"]
@@ -476,7 +451,7 @@ def export_hf(state_dict: dict[str, Tensor], arch: dict, folder: str | os.PathLi
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_json_atomic(folder / "config.json", config)
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     pre = _preprocessor(a, meta)
     write_json_atomic(folder / "preprocessor_config.json", pre)
     write_atomic(folder / "README.md", _model_card(a, config, meta, pre))

@@ -65,6 +65,8 @@ import torch
 
 from dinov3_us.errors import CheckpointError
 from dinov3_us.fileio import atomic_path, write_json_atomic
+from dinov3_us.layers.ffn_layers import SWIGLU_ALIGN
+from dinov3_us.models.vision_transformer import complete_arch, ffn_hidden_features
 
 logger = logging.getLogger("dinov3_us")
 
@@ -73,44 +75,14 @@ _TIMM_SIZES = {(192, 12, 3): "tiny", (384, 12, 6): "small", (768, 12, 12): "base
 _NO_PLAIN = {"tiny"}  # timm registers only the `_qkvb` tiny model
 # What every timm DINOv3 model sets (eva.py), so only differences are passed.
 _TIMM_DEFAULTS = dict(patch_size=16, init_values=1e-5, rope_temperature=100.0, num_reg_tokens=4, mlp_ratio=4.0)
-_SWIGLU_ALIGN = {"swiglu": 8, "swiglu32": 32, "swiglu64": 64, "swiglu128": 128}
 # norm_layer -> (python expression for create_model, or None for timm's own LayerNorm(eps=1e-5) default)
 _NORMS = {
     "layernormbf16": None,
     "layernorm": "functools.partial(torch.nn.LayerNorm, eps=1e-06)",
     "rmsnorm": "functools.partial(torch.nn.RMSNorm, eps=1e-05)",
 }
-_ARCH_KEYS = {
-    "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "ffn_ratio", "qkv_bias", "proj_bias",
-    "ffn_bias", "layerscale_init", "norm_layer", "ffn_layer", "n_storage_tokens", "mask_k_bias",
-    "pos_embed_rope_base", "pos_embed_rope_min_period", "pos_embed_rope_max_period",
-    "pos_embed_rope_normalize_coords", "pos_embed_rope_shift_coords", "pos_embed_rope_jitter_coords",
-    "pos_embed_rope_rescale_coords", "pos_embed_rope_dtype", "drop_path_rate",
-}
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _RESERVED = {"format", "model_name", "create_model_kwargs", "create_call", "arch", "mask_token_float32_base64"}
-
-
-def _full_arch(arch: Mapping) -> dict:
-    """`arch` completed with `DinoVisionTransformer`'s defaults; unknown keys are an error."""
-    import inspect
-
-    from dinov3_us.models.vision_transformer import DinoVisionTransformer
-
-    unknown = sorted(set(arch) - _ARCH_KEYS)
-    if unknown:
-        raise CheckpointError(f"arch has keys that are not DinoVisionTransformer arguments: {unknown}")
-    params = inspect.signature(DinoVisionTransformer.__init__).parameters
-    return {k: params[k].default for k in _ARCH_KEYS} | dict(arch)
-
-
-def _ffn_hidden(a: dict) -> int:
-    """The FFN hidden width of our block (SwiGLU: 2/3 of int(dim * ratio), rounded up to its alignment)."""
-    hidden = int(a["embed_dim"] * a["ffn_ratio"])
-    if a["ffn_layer"] == "mlp":
-        return hidden
-    d = int(hidden * 2 / 3)
-    return d + (-d % _SWIGLU_ALIGN[a["ffn_layer"]])
 
 
 def timm_model_args(arch: dict) -> tuple[str, dict]:
@@ -121,7 +93,7 @@ def timm_model_args(arch: dict) -> tuple[str, dict]:
     ready for `timm.create_model(name, **kwargs)`; `timm_create_call` spells it out. Raises
     `CheckpointError` naming any setting timm's DINOv3 models cannot express.
     """
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     if a["pos_embed_rope_base"] is None:
         raise CheckpointError(
             "pos_embed_rope_min_period/max_period: timm's Eva passes only rope_temperature (a RoPE base) to its "
@@ -139,7 +111,7 @@ def timm_model_args(arch: dict) -> tuple[str, dict]:
         )
     if a["norm_layer"] not in _NORMS:
         raise CheckpointError(f"norm_layer={a['norm_layer']!r}: no timm equivalent (known: {sorted(_NORMS)})")
-    if a["ffn_layer"] != "mlp" and a["ffn_layer"] not in _SWIGLU_ALIGN:
+    if a["ffn_layer"] != "mlp" and a["ffn_layer"] not in SWIGLU_ALIGN:
         raise CheckpointError(f"ffn_layer={a['ffn_layer']!r}: no timm equivalent")
     dim, depth, heads = a["embed_dim"], a["depth"], a["num_heads"]
     qkvb = bool(a["qkv_bias"])
@@ -159,14 +131,14 @@ def timm_model_args(arch: dict) -> tuple[str, dict]:
         rope_temperature=float(a["pos_embed_rope_base"]),
         num_reg_tokens=a["n_storage_tokens"],
     )
-    hidden = _ffn_hidden(a)
+    hidden = ffn_hidden_features(a)
     if a["ffn_layer"] == "mlp":
         wanted["mlp_ratio"] = float(a["ffn_ratio"])
     else:
         ratio = hidden / dim
         if int(dim * ratio) != hidden:
             raise CheckpointError(f"ffn_layer={a['ffn_layer']!r}: hidden width {hidden} is not int({dim} * ratio)")
-        wanted |= dict(mlp_ratio=ratio, swiglu_mlp=True, swiglu_align_to=_SWIGLU_ALIGN[a["ffn_layer"]])
+        wanted |= dict(mlp_ratio=ratio, swiglu_mlp=True, swiglu_align_to=SWIGLU_ALIGN[a["ffn_layer"]])
     kwargs |= {k: v for k, v in wanted.items() if k not in _TIMM_DEFAULTS or _TIMM_DEFAULTS[k] != v}
     for key, timm_key in (("shift", "rope_shift_coords"), ("jitter", "rope_jitter_coords"),
                           ("rescale", "rope_rescale_coords")):
@@ -189,7 +161,7 @@ def _norm_callable(norm_layer: str):
 def _kwargs_source(arch: dict) -> dict[str, str]:
     """create_model keyword arguments as Python source text (callables as the expression that builds them)."""
     _, kwargs = timm_model_args(arch)
-    norm = _NORMS[_full_arch(arch)["norm_layer"]]
+    norm = _NORMS[complete_arch(arch)["norm_layer"]]
     return {k: (norm if k == "norm_layer" else repr(tuple(v) if isinstance(v, list) else v)) for k, v in kwargs.items()}
 
 
@@ -208,7 +180,7 @@ def _our_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
     """Key -> shape of `DinoVisionTransformer(**arch).state_dict()`, built on the meta device."""
     from dinov3_us.models.vision_transformer import DinoVisionTransformer
 
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     try:
         model = DinoVisionTransformer(**a, device="meta")
     except (TypeError, ValueError) as e:
@@ -221,7 +193,7 @@ def _reference_periods(arch: dict) -> torch.Tensor:
     from dinov3_us.dtypes import DTYPES
     from dinov3_us.layers import RopePositionEmbedding
 
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     rope = RopePositionEmbedding(
         a["embed_dim"], num_heads=a["num_heads"], base=a["pos_embed_rope_base"],
         min_period=a["pos_embed_rope_min_period"], max_period=a["pos_embed_rope_max_period"],
@@ -253,7 +225,7 @@ def _timm_key(key: str) -> list[str] | None:
 
 def _ones_keys(arch: dict) -> dict[str, int]:
     """timm LayerScale gammas that exist only as ones because our blocks have no LayerScale."""
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     if a["layerscale_init"]:
         return {}
     return {f"blocks.{i}.gamma_{j}": a["embed_dim"] for i in range(a["depth"]) for j in (1, 2)}
@@ -261,8 +233,8 @@ def _ones_keys(arch: dict) -> dict[str, int]:
 
 def _zero_bias_keys(arch: dict) -> dict[str, int]:
     """timm keys that exist only as zeros because our block has no such bias (proj_bias/ffn_bias False)."""
-    a = _full_arch(arch)
-    dim, hidden, out = a["embed_dim"], _ffn_hidden(a), {}
+    a = complete_arch(arch)
+    dim, hidden, out = a["embed_dim"], ffn_hidden_features(a), {}
     for i in range(a["depth"]):
         if not a["proj_bias"]:
             out[f"blocks.{i}.attn.proj.bias"] = dim
@@ -304,7 +276,7 @@ def to_timm_state_dict(sd: Mapping[str, torch.Tensor], arch: dict) -> dict[str, 
     expected = _our_shapes(arch)
     timm_model_args(arch)
     _check_keys(sd, expected, "state dict")
-    a = _full_arch(arch)
+    a = complete_arch(arch)
     periods = _reference_periods(arch)
     if not torch.equal(sd["rope_embed.periods"].cpu().to(periods.dtype), periods):
         raise CheckpointError("rope_embed.periods differs from the periods the arch computes; timm recomputes them")
@@ -433,9 +405,9 @@ def _infer_arch(sd: Mapping[str, torch.Tensor]) -> dict:
                 pos_embed_rope_base=100.0, pos_embed_rope_normalize_coords="separate", pos_embed_rope_dtype="fp32")
     if "blocks.0.mlp.fc1_g.weight" in sd:
         hidden = sd["blocks.0.mlp.fc1_g.weight"].shape[0]
-        for ffn, align in _SWIGLU_ALIGN.items():
+        for ffn, align in SWIGLU_ALIGN.items():
             cand = arch | dict(ffn_layer=ffn, ffn_ratio=1.5 * hidden / dim)
-            if hidden % align == 0 and _ffn_hidden(_full_arch(cand)) == hidden:
+            if hidden % align == 0 and ffn_hidden_features(complete_arch(cand)) == hidden:
                 arch = cand
                 break
         else:

@@ -33,6 +33,15 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+SWIGLU_ALIGN = {"swiglu": 8, "swiglu32": 32, "swiglu64": 64, "swiglu128": 128}  # ffn_layer name -> align_to
+
+
+def swiglu_hidden(hidden_features: int, align_to: int) -> int:
+    """SwiGLU's hidden width: 2/3 of `hidden_features`, rounded up to a multiple of `align_to`."""
+    d = int(hidden_features * 2 / 3)
+    return d + (-d % align_to)
+
+
 class SwiGLUFFN(nn.Module):
     """w3(silu(w1 x) * w2 x); hidden size 2/3 of `hidden_features`, rounded up to `align_to`."""
 
@@ -50,8 +59,7 @@ class SwiGLUFFN(nn.Module):
         super().__init__()
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
-        d = int(hidden_features * 2 / 3)
-        hidden = d + (-d % align_to)
+        hidden = swiglu_hidden(hidden_features, align_to)
         self.w1 = nn.Linear(in_features, hidden, bias=bias, device=device)
         self.w2 = nn.Linear(in_features, hidden, bias=bias, device=device)
         self.w3 = nn.Linear(hidden, out_features, bias=bias, device=device)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Literal
 
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from dinov3_us.dtypes import DTYPES
+from dinov3_us.errors import CheckpointError
 from dinov3_us.layers import (
     LayerScale,
     LinearKMaskedBias,
@@ -23,16 +25,11 @@ from dinov3_us.layers import (
     SwiGLUFFN,
 )
 from dinov3_us.layers.attention_backends import BACKENDS
+from dinov3_us.layers.ffn_layers import SWIGLU_ALIGN, swiglu_hidden
 
 logger = logging.getLogger("dinov3_us")
 
-FFN_LAYERS = {
-    "mlp": Mlp,
-    "swiglu": SwiGLUFFN,
-    "swiglu32": partial(SwiGLUFFN, align_to=32),
-    "swiglu64": partial(SwiGLUFFN, align_to=64),
-    "swiglu128": partial(SwiGLUFFN, align_to=128),
-}
+FFN_LAYERS = {"mlp": Mlp} | {name: partial(SwiGLUFFN, align_to=align) for name, align in SWIGLU_ALIGN.items()}
 NORM_LAYERS = {  # the official names and epsilons
     "layernorm": partial(nn.LayerNorm, eps=1e-6),
     "layernormbf16": partial(nn.LayerNorm, eps=1e-5),
@@ -257,3 +254,23 @@ class DinoVisionTransformer(nn.Module):
         """Features dict(s) when `is_training`, else `head(x_norm_clstoken)` [B, D]."""
         ret = self.forward_features(*args, **kwargs)
         return ret if is_training else self.head(ret["x_norm_clstoken"])
+
+
+def complete_arch(arch: Mapping) -> dict:
+    """`arch` (DinoVisionTransformer kwargs, as in an export's JSON) completed with the constructor's defaults.
+
+    Raises:
+        CheckpointError: `arch` has keys the constructor does not take.
+    """
+    params = inspect.signature(DinoVisionTransformer.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k not in ("self", "attention_backend", "device")}
+    unknown = sorted(set(arch) - set(defaults))
+    if unknown:
+        raise CheckpointError(f"arch has keys that are not DinoVisionTransformer arguments: {unknown}")
+    return defaults | dict(arch)
+
+
+def ffn_hidden_features(arch: Mapping) -> int:
+    """The FFN hidden width of a block of `DinoVisionTransformer(**arch)` (SwiGLU: its aligned 2/3)."""
+    hidden = int(arch["embed_dim"] * arch["ffn_ratio"])
+    return hidden if arch["ffn_layer"] == "mlp" else swiglu_hidden(hidden, SWIGLU_ALIGN[arch["ffn_layer"]])
