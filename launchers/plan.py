@@ -136,7 +136,8 @@ def plan_evals(requests: list[EvalRequest], weights: Path, launch: RunDir, cwd: 
     overrides say otherwise. Every frozen-feature evaluation also scores a random initialisation of the
     same architecture (`report.baseline=random`, paired difference and chance level in its report).
     """
-    from dinov3_us.eval.config import load_eval_config
+    from dinov3_us.eval.config import LinearConfig, load_eval_config
+    from dinov3_us.eval.defaults import clip_n_last_blocks
 
     specs = []
     keys = _override_keys(overrides)
@@ -146,8 +147,11 @@ def plan_evals(requests: list[EvalRequest], weights: Path, launch: RunDir, cwd: 
             if "data.image_size" not in keys and model_info.get("img_size"):
                 extra.append(f"data.image_size={model_info['img_size']}")
             depth = model_info.get("depth")
-            if req.task == "linear" and "linear.n_last_blocks" not in keys and depth and depth < 4:
-                extra.append(f"linear.n_last_blocks={sorted({1, depth})}".replace(" ", ""))
+            default = LinearConfig().n_last_blocks
+            if req.task == "linear" and "linear.n_last_blocks" not in keys and depth:
+                clipped = clip_n_last_blocks(default, depth)  # the rule the evaluation applies itself
+                if clipped != default:
+                    extra.append(f"linear.n_last_blocks={clipped}".replace(" ", ""))
         if req.task != "finetune" and "report.baseline" not in keys:  # frozen features: the baseline is cheap
             extra.append("report.baseline=random")
         all_overrides = [*extra, *overrides]

@@ -43,12 +43,17 @@ def with_trained_image_size(cfg: EvalConfig, trained: int | None, source: str,
     return _replace(cfg, "data.image_size", trained)
 
 
+def clip_n_last_blocks(blocks: list[int], depth: int) -> list[int]:
+    """`linear.n_last_blocks` values a `depth`-block backbone has: each clipped to `depth`, duplicates merged."""
+    return blocks if all(n <= depth for n in blocks) else sorted({min(n, depth) for n in blocks})
+
+
 def with_n_last_blocks_clipped(cfg: EvalConfig, depth: int, explicit: Collection[str] | None) -> EvalConfig:
     """`cfg` with the default `linear.n_last_blocks` clipped to `depth` blocks, unless the user set it."""
     blocks = cfg.linear.n_last_blocks
-    if all(n <= depth for n in blocks) or user_set(cfg, "linear.n_last_blocks", explicit):
+    clipped = clip_n_last_blocks(blocks, depth)
+    if clipped == blocks or user_set(cfg, "linear.n_last_blocks", explicit):
         return cfg
-    clipped = sorted({min(n, depth) for n in blocks})
     logger.info("linear.n_last_blocks=%s: the default %s clipped to the backbone's %d blocks "
                 "(set linear.n_last_blocks to choose)", clipped, blocks, depth)
     return _replace(cfg, "linear.n_last_blocks", clipped)
