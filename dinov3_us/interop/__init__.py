@@ -48,7 +48,7 @@ def read_backbone(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
         return state, arch, "hf"
     raw = read_weights_file(path)
     if looks_like_timm(raw):
-        state, arch = import_timm(path)
+        state, arch = import_timm(path, raw)
         logger.info("weights: %s is a timm DINOv3 state dict; mapped %d tensors to the official layout", path,
                     len(state))
         return state, arch, "timm"

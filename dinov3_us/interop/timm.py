@@ -417,16 +417,18 @@ def _infer_arch(sd: Mapping[str, torch.Tensor]) -> dict:
     return arch
 
 
-def import_timm(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
+def import_timm(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor] | None = None,
+                ) -> tuple[dict[str, torch.Tensor], dict | None]:
     """A timm DINOv3 weights file (+ optional `<stem>.json` from `export_timm`) -> (our state dict, arch or None).
 
-    Without the JSON the arch is inferred from the shapes (heads from `dinov3_us.models.ARCHS`, other
-    settings timm's DINOv3 defaults: LayerNorm eps 1e-5, RoPE base 100, float32 RoPE) and None is returned.
+    `tensors`: the file's contents when the caller has already read them (not read again). Without the
+    JSON the arch is inferred from the shapes (heads from `dinov3_us.models.ARCHS`, other settings timm's
+    DINOv3 defaults: LayerNorm eps 1e-5, RoPE base 100, float32 RoPE) and None is returned.
     """
     from dinov3_us.models.weights import read_weights_file
 
     path = Path(path)
-    sd = read_weights_file(path)
+    sd = dict(tensors) if tensors is not None else read_weights_file(path)
     if not looks_like_timm(sd):
         raise CheckpointError(f"{path} does not hold timm DINOv3 keys (e.g. reg_token, blocks.0.gamma_1)")
     side = path.with_suffix(".json")
