@@ -29,6 +29,7 @@ from dinov3_us.data.masking import MaskingGenerator  # noqa: E402
 from dinov3_us.distributed import init_distributed  # noqa: E402
 from dinov3_us.fsdp import parallelize_meta_arch  # noqa: E402
 from dinov3_us.train.flops import measured_matmul_tflops, training_flops_per_image  # noqa: E402
+from dinov3_us.train.optimizer import build_adamw  # noqa: E402
 from dinov3_us.train.schedules import build_schedulers  # noqa: E402
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
 from dinov3_us.train.step import train_step  # noqa: E402
@@ -70,7 +71,7 @@ def run(name: str, dtype: str, steps: int, peaks: dict, device: torch.device = C
     flops = training_flops_per_image(model, cfg)
     parallelize_meta_arch(model, cfg, device)
     model.train()
-    optimizer = torch.optim.AdamW(model.get_params_groups())
+    optimizer = build_adamw(model.get_params_groups())
     schedules, batch = build_schedulers(cfg), synthetic_batch(cfg, device)
     train_step(model, optimizer, batch, schedules, 0)
     if device.type == "cuda":

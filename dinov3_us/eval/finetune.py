@@ -33,6 +33,7 @@ from dinov3_us.eval.data import EvalDataset
 from dinov3_us.eval.features import gather_rows
 from dinov3_us.eval.linear import class_weights
 from dinov3_us.eval.metrics import batched_scores
+from dinov3_us.train.optimizer import build_adamw
 from dinov3_us.train.param_groups import apply_optim_scheduler, fuse_params_groups, get_params_groups_with_decay
 from dinov3_us.train.schedules import cosine_schedule
 
@@ -128,7 +129,7 @@ def build_optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Op
     for name, p in model.head.named_parameters():
         groups.append({"name": f"head.{name}", "params": p, "lr_multiplier": 1.0,
                        "wd_multiplier": 0.0 if name == "bias" else 1.0, "is_last_layer": False})
-    return torch.optim.AdamW(fuse_params_groups(groups), lr=0.0, betas=(0.9, 0.999))
+    return build_adamw(fuse_params_groups(groups), betas=(0.9, 0.999))
 
 
 def train_finetune(

@@ -36,6 +36,7 @@ from dinov3_us.run_dir import RunDir, training_lock
 from dinov3_us.train.flops import peak_tflops, training_flops_per_image
 from dinov3_us.train.metric_logger import MetricLogger
 from dinov3_us.train.monitor import CollapseWatch, SelfDistillationWatch
+from dinov3_us.train.optimizer import build_adamw
 from dinov3_us.train.schedules import build_schedulers
 from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch
@@ -133,8 +134,8 @@ class Trainer:
         self.flops_per_image = training_flops_per_image(self.model, cfg)
         parallelize_meta_arch(self.model, cfg, self.dist.device)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(self.model.get_params_groups(),
-                                           betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2))
+        self.optimizer = build_adamw(self.model.get_params_groups(), betas=(cfg.optim.adamw_beta1,
+                                                                                cfg.optim.adamw_beta2))
         self.schedules = build_schedulers(cfg, self.dist.world_size)
         self.total_iterations = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
         self.loader = self._build_loader()

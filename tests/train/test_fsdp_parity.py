@@ -15,6 +15,7 @@ from dinov3_us.checkpointer.export import full_state_dict
 from dinov3_us.configs import load_config
 from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
 from dinov3_us.fsdp import parallelize_meta_arch
+from dinov3_us.train.optimizer import build_adamw
 from dinov3_us.train.schedules import build_schedulers
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch
 from dinov3_us.train.step import train_step
@@ -68,7 +69,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         cfg = load_config(TINY, OVERRIDES)
         model = build(cfg)
         parallelize_meta_arch(model, cfg, torch.device("cpu"))
-        optimizer = torch.optim.AdamW(model.get_params_groups())
+        optimizer = build_adamw(model.get_params_groups())
         metrics = train_step(model, optimizer, rank_batch(cfg, rank), build_schedulers(cfg, world_size=2), 30)
         student, teacher = full_state_dict(model.student), full_state_dict(model.teacher)
         grads = {n: p.grad.full_tensor() for n, p in model.student.named_parameters()}
@@ -89,7 +90,7 @@ def test_fsdp2_two_ranks_match_one_process(tmp_path):
     os.environ.pop("RANK", None)
     cfg = load_config(TINY, OVERRIDES)
     ref = build(cfg)
-    optimizer = torch.optim.AdamW(ref.get_params_groups())
+    optimizer = build_adamw(ref.get_params_groups())
     batch = merge_batches(rank_batch(cfg, 0), rank_batch(cfg, 1), cfg.crops.local_crops_number)
     metrics = train_step(ref, optimizer, batch, build_schedulers(cfg, world_size=2), 30)
 

@@ -11,6 +11,7 @@ from dinov3_us.configs import load_config
 from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
 from dinov3_us.errors import ConfigError
 from dinov3_us.train.monitor import CollapseWatch
+from dinov3_us.train.optimizer import build_adamw
 from dinov3_us.train.schedules import build_schedulers
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch
 from dinov3_us.train.step import train_step
@@ -124,7 +125,7 @@ def hc18_images(data_dir, n=64, size=(96, 64)):
 
 def run_steps(cfg, model, images, steps=100):
     transform, collate = build_ssl_transform(cfg), build_collate_fn(cfg)
-    optimizer = torch.optim.AdamW(model.get_params_groups())
+    optimizer = build_adamw(model.get_params_groups())
     schedules = build_schedulers(cfg)
     history = []
     for it in range(steps):
