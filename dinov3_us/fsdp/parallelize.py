@@ -53,8 +53,9 @@ def _apply_compile(blocks: nn.ModuleList) -> None:
 def mixed_precision_policy(compute_precision: Mapping, output_fp32: bool) -> MixedPrecisionPolicy:
     """`compute_precision.param_dtype` / `reduce_dtype` as an FSDP2 policy.
 
-    Blocks pass their compute dtype on (`output_fp32=False`); roots (backbone, heads) return fp32 so that
-    the losses run in fp32.
+    Blocks and heads pass their compute dtype on (`output_fp32=False`: the losses upcast the head logits
+    themselves, exactly, instead of a separate [tokens, prototypes] cast and its backward); the backbone
+    returns fp32 features (KoLeo, Gram and the monitors run in fp32).
     """
     return MixedPrecisionPolicy(param_dtype=DTYPES[compute_precision["param_dtype"]],
                                 reduce_dtype=DTYPES[compute_precision["reduce_dtype"]],
@@ -77,7 +78,7 @@ def shard_backbone_and_heads(modules: nn.ModuleDict, mesh: DeviceMesh, compute_p
     fully_shard(backbone, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     for name, module in modules.items():
         if name != "backbone":
-            fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+            fully_shard(module, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
 
 
 def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, mesh: DeviceMesh | None = None):

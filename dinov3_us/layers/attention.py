@@ -82,14 +82,28 @@ class SelfAttention(nn.Module):
             out.append(torch.cat((t[:, :, :prefix, :], rotated.to(t.dtype)), dim=-2))
         return out[0], out[1]
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """[B, N, D] -> [B, N, D]."""
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.unbind(2)  # each [B, N, heads, D_head]
+    def _attend(self, qkv: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """qkv [B, N, 3 * D] -> RoPE -> attention -> [B, N, D] (before the output projection)."""
+        B, N, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)  # each [B, N, heads, D_head]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, N, D_head]
         if rope is not None:
             q, k = self.apply_rope(q, k, rope)
         x = scaled_dot_product_attention(q, k, v, backend=self.backend)  # [B, heads, N, D_head]
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+        return x.transpose(1, 2).reshape(B, N, C)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """[B, N, D] -> [B, N, D]."""
+        return self.proj_drop(self.proj(self._attend(self.qkv(x), rope)))
+
+    def forward_flat(self, x: Tensor, shapes: list[tuple[int, int]],
+                     ropes: list[tuple[Tensor, Tensor] | None]) -> Tensor:
+        """Tokens of crops of different sizes, concatenated: [sum B_i * N_i, D] -> [sum B_i * N_i, D].
+
+        `shapes` are the crops' (B_i, N_i). One qkv and one output projection over all tokens, attention
+        per crop size: the result of `forward` on each crop, in fewer and larger matmuls.
+        """
+        qkv = self.qkv(x).split([b * n for b, n in shapes])  # [B_i * N_i, 3 * D] each
+        attended = [self._attend(t.view(b, n, -1), r).flatten(0, 1) for t, (b, n), r in zip(qkv, shapes, ropes)]
+        return self.proj_drop(self.proj(torch.cat(attended)))  # [sum B_i * N_i, D]

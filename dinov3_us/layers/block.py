@@ -66,25 +66,46 @@ class SelfAttentionBlock(nn.Module):
         self.ls2 = LayerScale(dim, init_values=init_values, device=device) if init_values else nn.Identity()
         self.sample_drop_ratio = drop_path
 
-    def _attn_branch(self, x: Tensor, rope: Rope) -> Tensor:
-        return self.ls1(self.attn(self.norm1(x), rope=rope))
+    def _attn_branch(self, xs: list[Tensor], ropes: list[Rope]) -> list[Tensor]:
+        if len(xs) == 1:
+            return [self.ls1(self.attn(self.norm1(xs[0]), rope=ropes[0]))]
+        shapes = [tuple(x.shape[:2]) for x in xs]
+        return _split(self.ls1(self.attn.forward_flat(self.norm1(_cat(xs)), shapes, ropes)), xs)
 
-    def _ffn_branch(self, x: Tensor, rope: Rope = None) -> Tensor:
-        return self.ls2(self.mlp(self.norm2(x)))
+    def _ffn_branch(self, xs: list[Tensor], ropes: list[Rope]) -> list[Tensor]:
+        if len(xs) == 1:
+            return [self.ls2(self.mlp(self.norm2(xs[0])))]
+        return _split(self.ls2(self.mlp(self.norm2(_cat(xs)))), xs)
 
-    def _residual(self, x: Tensor, branch: Callable[[Tensor, Rope], Tensor], rope: Rope) -> Tensor:
-        b = x.shape[0]
+    def _residual(self, xs: list[Tensor], branch: Callable[[list[Tensor], list[Rope]], list[Tensor]],
+                  ropes: list[Rope]) -> list[Tensor]:
         if not (self.training and self.sample_drop_ratio > 0.0):
-            return x + branch(x, rope)
-        keep = max(int(b * (1 - self.sample_drop_ratio)), 1)
-        idx = torch.randperm(b, device=x.device)[:keep]  # samples that run this branch
-        out = branch(x[idx], rope)  # [keep, N, D]
-        return torch.index_add(x, 0, idx, out.to(x.dtype), alpha=b / keep)
+            return [x + out for x, out in zip(xs, branch(xs, ropes))]
+        kept = []  # samples of each crop size that run this branch
+        for x in xs:
+            keep = max(int(x.shape[0] * (1 - self.sample_drop_ratio)), 1)
+            kept.append(torch.randperm(x.shape[0], device=x.device)[:keep])
+        outs = branch([x[idx] for x, idx in zip(xs, kept)], ropes)  # [keep_i, N_i, D] each
+        return [torch.index_add(x, 0, idx, out.to(x.dtype), alpha=x.shape[0] / idx.numel())
+                for x, idx, out in zip(xs, kept, outs)]
 
     def forward(self, x: Tensor | list[Tensor], rope: Rope | list[Rope] = None) -> Tensor | list[Tensor]:
-        """x [B, N, D] with rope (sin, cos), or lists of them (crops of different sizes)."""
+        """x [B, N, D] with rope (sin, cos), or lists of them (crops of different sizes, computed together:
+        the linear layers and norms run once over the tokens of every crop, attention per crop size)."""
         if isinstance(x, list):
-            ropes = rope if rope is not None else [None] * len(x)
-            return [self.forward(t, r) for t, r in zip(x, ropes)]
-        x = self._residual(x, self._attn_branch, rope)
-        return self._residual(x, self._ffn_branch, rope)
+            xs, ropes = x, (rope if rope is not None else [None] * len(x))
+        else:
+            xs, ropes = [x], [rope]
+        xs = self._residual(xs, self._attn_branch, ropes)
+        xs = self._residual(xs, self._ffn_branch, ropes)
+        return xs if isinstance(x, list) else xs[0]
+
+
+def _cat(xs: list[Tensor]) -> Tensor:
+    """Crops [B_i, N_i, D] -> all their tokens [sum B_i * N_i, D]."""
+    return torch.cat([x.flatten(0, 1) for x in xs])
+
+
+def _split(flat: Tensor, xs: list[Tensor]) -> list[Tensor]:
+    """[sum B_i * N_i, D] -> one [B_i, N_i, D] per crop of `xs` (views)."""
+    return [t.view(*x.shape[:2], -1) for t, x in zip(flat.split([x.shape[0] * x.shape[1] for x in xs]), xs)]

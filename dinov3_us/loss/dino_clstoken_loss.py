@@ -97,4 +97,5 @@ class DINOLoss(EMACenterMixin, nn.Module):
     @torch.no_grad()
     def reduce_center_update(self, teacher_output):
         """Sum teacher logits over the batch and launch the (async) all-reduce over the group."""
-        self._launch_center_reduce(torch.sum(teacher_output, dim=0, keepdim=True), len(teacher_output))  # [1, K]
+        batch_sum = torch.sum(teacher_output.float(), dim=0, keepdim=True)  # [1, K]
+        self._launch_center_reduce(batch_sum, len(teacher_output))

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinov3_us.loss.centering import EMACenterMixin
+from dinov3_us.loss.cross_entropy import soft_cross_entropy
 from dinov3_us.loss.sinkhorn_knopp import sinkhorn_knopp
 
 
 def lossfunc(t, s, temp):
-    """Per-row sum_k t_k * log softmax(s / temp)_k in float32; [..., K] x [..., K] -> [...]."""
-    return torch.sum(t.float() * F.log_softmax(s.float() / temp, dim=-1), dim=-1)
+    """Per-row sum_k t_k * log softmax(s / temp)_k in float32; [..., K] x [..., K] -> [...] (the official formula)."""
+    return soft_cross_entropy(t, s, temp)
 
 
 class SinkhornKnoppTeacher(nn.Module):
@@ -121,5 +122,5 @@ class iBOTPatchLoss(EMACenterMixin, nn.Module):  # lower-case "i": the official 
     @torch.no_grad()
     def reduce_center_update(self, teacher_patch_tokens):
         """Sum the per-image mean patch logits and launch the (async) all-reduce over the group."""
-        batch_sum = torch.sum(teacher_patch_tokens.mean(1), dim=0, keepdim=True)  # [1, K]
+        batch_sum = torch.sum(teacher_patch_tokens.float().mean(1), dim=0, keepdim=True)  # [1, K]
         self._launch_center_reduce(batch_sum, len(teacher_patch_tokens))

@@ -72,7 +72,7 @@ def test_stochastic_depth_subset_scaling():
     torch.manual_seed(0)
     block = SelfAttentionBlock(dim=8, num_heads=2, drop_path=0.5, init_values=1.0).train()
     x = torch.randn(4, 5, 8)
-    added = block._residual(x, lambda t, rope: torch.ones_like(t), None) - x  # [4, 5, 8]
+    added = block._residual([x], lambda ts, ropes: [torch.ones_like(t) for t in ts], [None])[0] - x  # [4, 5, 8]
     per_sample = added.mean(dim=(1, 2))
     assert sorted(per_sample.tolist()) == pytest.approx([0.0, 0.0, 2.0, 2.0])  # 2 kept, scaled by 4 / 2
     block.eval()
@@ -81,3 +81,18 @@ def test_stochastic_depth_subset_scaling():
         ref = ref + block.ls2(block.mlp(block.norm2(ref)))
         torch.testing.assert_close(block(x), ref)
     assert math.isclose(block.sample_drop_ratio, 0.5)
+
+
+def test_crops_of_different_sizes_together_equal_each_alone():
+    """A list of crops runs its linear layers over all tokens at once: the same outputs and gradients as one by one."""
+    torch.manual_seed(0)
+    block = SelfAttentionBlock(dim=16, num_heads=2, init_values=0.5).train()
+    crops = [torch.randn(3, 9, 16, requires_grad=True), torch.randn(5, 4, 16, requires_grad=True)]
+    together = block(crops)
+    alone = [block(c) for c in crops]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    g_together = torch.autograd.grad(sum((t * t).sum() for t in together), [*crops, block.attn.qkv.weight])
+    g_alone = torch.autograd.grad(sum((t * t).sum() for t in alone), [*crops, block.attn.qkv.weight])
+    for a, b in zip(g_together, g_alone):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -126,3 +126,17 @@ def test_dino_loss_rejects_bad_shapes():
     with pytest.raises(ValueError, match="n_iterations"):
         loss_fn.sinkhorn_knopp_teacher(torch.randn(4, 8), 0.1, n_iterations=0)
     assert math.isnan(DINOLoss(3).center.sum().item())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sinkhorn_random_extremes_match_log_domain_reference(seed):
+    """Large scales, low temperatures and samples pushed far below the others (the log-domain rescue)."""
+    gen = torch.Generator().manual_seed(seed)
+    b, k = 9 + seed, 30 + 7 * seed
+    logits = (5.0 * (seed + 1)) * torch.randn(b, k, generator=gen)
+    far = torch.randperm(b, generator=gen)[: 1 + seed % 3]
+    logits[far] -= 100.0 * (seed + 1)
+    temp = (0.02, 0.04, 0.07)[seed % 3]
+    out = sinkhorn_knopp(logits, temp, n_iterations=3)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), _sinkhorn_log_float64(logits, temp, 3), atol=1e-6, rtol=1e-4)
