@@ -54,8 +54,25 @@ Run-time adaptations of the official code (worker process only, nothing is writt
       lands on the CPU; its NaN fill (done on "cuda" in its `main`) is done on the CPU.
     - Its process group: our 1-process gloo group, registered as its default group
       (`dinov3.distributed.torch_distributed_wrapper._DEFAULT_PROCESS_GROUP`).
+    - Its loop all-gathers the 0-d loss with `all_gather_into_tensor`; gloo refuses a 0-d input, so the
+      bench's copy of that loop passes it as a 1-element tensor.
     - T only: the `vit_bench_t` constructor (above).
     On CUDA nothing but the torchvision stub (when needed) and the process group (nccl) is changed.
+
+Where the two sides do not do the same work (by design of each code base, not of the bench):
+    - Drop path: the same subset sizes, but the official draws the kept-sample indices for all crops of a
+      block at once (attention, then MLP) and concatenates the crops' tokens for the norms and the MLP;
+      ours draws per crop tensor. Same seed, different draws: with drop_path_rate > 0 the student's step-0
+      outputs differ slightly, and KoLeo (-log nearest-neighbour distance between nearly identical CLS
+      tokens at init) magnifies it to a few percent; with drop_path_rate 0 all losses agree to ~4e-6.
+    - The official compiles its iBOT Sinkhorn-Knopp module in `iBOTPatchLoss.__init__` whatever train.compile
+      says (so `--official-compile off` still runs one dynamo frame); with train.compile it also compiles
+      every block and every head of student and teacher. Ours compiles only the blocks, and only with
+      train.compile (default false).
+    - Ours computes collapse metrics (teacher entropy etc.) in forward_backward and clips all student
+      parameters at once; the official clips per submodule (three norms, each read with `.item()`).
+    - bf16: our heads return fp32 (FSDP output_dtype) and our collate keeps fp32 crops; the official heads
+      return bf16 and its collate casts the crops to bf16.
 
 The report (a table, and JSON at --output): per config and side, the median step time over all timed steps of
 all rounds with min-max, img/s (batch / median), ours/official img/s, peak memory (ru_maxrss; on CUDA also
@@ -529,8 +546,8 @@ def summarize(name: str, batch: int, runs: dict[str, list[dict]], warmup: int) -
             "median_s": median, "min_s": min(timed), "max_s": max(timed), "images_per_s": batch / median,
             "timed_steps": timed, "warmup_s": [r["seconds"][:warmup] for r in results],
             "peak_rss_gib": max(r["peak_rss_gib"] for r in results),
-            "cuda_max_allocated_gib": max((r.get("cuda_max_allocated_gib", 0.0) for r in results), default=None)
-            if any("cuda_max_allocated_gib" in r for r in results) else None,
+            "cuda_max_allocated_gib": max((r["cuda_max_allocated_gib"] for r in results
+                                           if "cuda_max_allocated_gib" in r), default=None),
             "step0_losses": results[0]["losses"], "compile": results[0]["compile"],
             "adaptations": results[0].get("adaptations", []),
         }
@@ -615,6 +632,13 @@ def main(argv=None) -> int:
             specs.append((path.stem, {"path": str(path), "overrides": args.config[1:]}))
         if not specs:
             raise UsageError("nothing to run: give --configs and/or --config")
+        from dinov3_us.errors import DinoUSError
+
+        for name, spec in specs:
+            try:
+                our_config(spec, "cpu")
+            except (DinoUSError, ValueError) as err:
+                raise UsageError(f"config {name}: {err}") from None
         if repo is not None:
             from omegaconf import OmegaConf
 
@@ -622,7 +646,7 @@ def main(argv=None) -> int:
             for _, spec in specs:
                 official_values(spec, default)
     except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)  # one line
         return 2
     sides = ["ours", "official"] if args.side == "both" else [args.side]
     rows = []

@@ -55,6 +55,21 @@ def test_ours_alone_writes_finite_positive_numbers(tmp_path):
     assert report["official_commit"] == "unknown" and report["threads"] == 1
 
 
+def test_config_file_and_overrides(tmp_path):
+    config = tmp_path / "t.yaml"
+    config.write_text("student:\n  arch: vit_test\n  patch_size: 16\ncrops:\n  global_crops_size: 32\n"
+                      "  local_crops_size: 16\n  local_crops_number: 2\ntrain:\n  batch_size_per_gpu: 4\n")
+    out = tmp_path / "vs_official.json"
+    proc = _run("--side", "ours", "--configs", "--config", str(config), "dino.head_n_prototypes=256",
+                "ibot.head_n_prototypes=256", "--warmup", "2", "--steps", "1", "--rounds", "1", "--output", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["config"] == "t" and row["batch_size"] == 4
+    assert row["spec"]["overrides"] == ["dino.head_n_prototypes=256", "ibot.head_n_prototypes=256"]
+    bad = _run("--side", "ours", "--configs", "--config", str(config), "train.no_such_key=1", "--output", str(out))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no_such_key" in bad.stderr
+
+
 def test_both_sides_agree_at_step_0(tmp_path):
     repo = os.environ.get("DINOV3_OFFICIAL_REPO")
     if not repo:
