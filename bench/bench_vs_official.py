@@ -10,7 +10,7 @@ training loop does, runs `--warmup` steps (the first one, iteration 0, gives the
 
     python bench/bench_vs_official.py --official-repo PATH [--configs S-bf16 S-fp32 T]
         [--config OUR_TRAIN.yaml [KEY=VALUE ...]] [--side ours|official|both] [--warmup 2] [--steps 3]
-        [--rounds 2] [--threads N] [--official-compile default|off] [--official-thp user|on]
+        [--rounds 2] [--threads N] [--official-compile default|off]
         [--output bench/results/vs_official.json]
 
 Configs (the same keys are applied to both sides):
@@ -61,11 +61,9 @@ Run-time adaptations of the official code (worker process only, nothing is writt
     On CUDA nothing but the torchvision stub (when needed) and the process group (nccl) is changed.
 
 Where the two sides do not do the same work (by design of each code base, not of the bench):
-    - Drop path: the same subset sizes, but the official draws the kept-sample indices for all crops of a
-      block at once (attention, then MLP) and concatenates the crops' tokens for the norms and the MLP;
-      ours draws per crop tensor. Same seed, different draws: with drop_path_rate > 0 the student's step-0
-      outputs differ slightly, and KoLeo (-log nearest-neighbour distance between nearly identical CLS
-      tokens at init) magnifies it to a few percent; with drop_path_rate 0 all losses agree to ~4e-6.
+    - Drop path: none. Both sides draw the kept samples of each crop size for attention, then for the MLP,
+      from the same seed, and run the norms and linear layers over the tokens of all crop sizes together:
+      the step-0 losses agree to float rounding (~1e-7 relative) with drop path on.
     - The official compiles its iBOT Sinkhorn-Knopp module in `iBOTPatchLoss.__init__` whatever train.compile
       says (so `--official-compile off` still runs one dynamo frame); with train.compile it also compiles
       every block and every head of student and teacher. Ours compiles only the blocks, and only with
@@ -74,10 +72,6 @@ Where the two sides do not do the same work (by design of each code base, not of
       parameters at once; the official clips per submodule (three norms, each read with `.item()`).
     - bf16: our collate keeps fp32 crops (cast by FSDP2 at the patch embedding); the official collate casts
       them to bf16. Both sides' heads return bf16 logits; our backbone returns fp32 features.
-    - Memory allocator: ours turns on transparent huge pages for CPU tensors >= 2 MiB (THP_MEM_ALLOC_ENABLE=1,
-      set by `import dinov3_us` unless the user set it); the official worker runs with the environment the
-      bench was started with. `--official-thp on` gives the official worker the same setting, to separate
-      what the allocator gives from what the code gives. Each side's setting is in the JSON.
 
 The report (a table, and JSON at --output): per config and side, the median step time over all timed steps of
 all rounds with min-max, img/s (batch / median), ours/official img/s, peak memory (ru_maxrss; on CUDA also
@@ -107,10 +101,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-# The user's allocator setting, read before anything imports dinov3_us (which turns huge pages on by default).
-USER_THP = os.environ.get("THP_MEM_ALLOC_ENABLE")
-if sys.argv[1:3] == ["--worker", "ours"]:
-    import dinov3_us  # noqa: F401  before torch, as in every entry point of ours: its allocator setting applies
 
 RESULT_PREFIX = "BENCH_VS_OFFICIAL_RESULT "
 LOSS_KEYS = ("dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss", "total_loss")
@@ -208,8 +198,8 @@ def official_values(spec: dict, official_default) -> dict:
 def make_inputs(spec: dict, n_batches: int, folder: Path) -> dict:
     """Save `n_batches` collated batches and the initial student state dict (our init, seed 0) into `folder`."""
     import torch
+    from bench_train_step import collated_batches
 
-    from dinov3_us.data.pipeline import build_collate_fn
     from dinov3_us.train.ssl_meta_arch import SSLMetaArch
 
     cfg = our_config(spec, "cpu")
@@ -218,18 +208,9 @@ def make_inputs(spec: dict, n_batches: int, folder: Path) -> dict:
     model.init_weights()
     torch.save({k: v.detach().clone() for k, v in model.student.state_dict().items()}, folder / "student.pt")
     del model
-    crops, b, c = cfg.crops, cfg.train.batch_size_per_gpu, cfg.student.in_chans
-    g, loc, n_local = crops.global_crops_size, crops.local_crops_size, crops.local_crops_number
-    batches = []
-    for i in range(n_batches):
-        gen = torch.Generator().manual_seed(1000 + i)
-        samples = [{"global_crops": [torch.randn(c, g, g, generator=gen) for _ in range(2)],  # 2 x [C, G, G]
-                    "local_crops": [torch.randn(c, loc, loc, generator=gen) for _ in range(n_local)]}  # [C, L, L]
-                   for _ in range(b)]
-        # collated_global_crops [2B, C, G, G], collated_local_crops [n_local * B, C, L, L], masks [2B, (G/p)^2]
-        batches.append(build_collate_fn(cfg, generator=i)(samples))
+    batches = collated_batches(cfg, n_batches)  # the trainer's collate and masking, one batch per step
     torch.save(batches, folder / "batches.pt")
-    return {"batch_size": b}
+    return {"batch_size": cfg.train.batch_size_per_gpu}
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -396,10 +377,6 @@ def run_official(args, spec: dict, folder: Path) -> dict:
 
     from dinov3_us.distributed import init_distributed
 
-    # importing dinov3_us set its allocator default; torch reads it at its first large allocation, still to come
-    os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
-    if USER_THP is not None:  # the environment this worker was started with
-        os.environ["THP_MEM_ALLOC_ENABLE"] = USER_THP
     init_distributed(args.device, "nccl" if args.device == "cuda" else "gloo")
     t_arch = our_config(spec, args.device).student.arch == BENCH_T_ARCH[0]
     adaptations = adapt_official_runtime(Path(args.official_repo), args.device, t_arch)
@@ -488,7 +465,6 @@ def worker_main(args) -> int:
     run = run_ours if args.worker == "ours" else run_official
     result = run(args, spec, folder)
     result |= {"side": args.worker, "warmup": args.warmup, "threads": torch.get_num_threads(),
-               "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
                **_peak_memory(args.device)}
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     with contextlib.suppress(Exception):
@@ -536,17 +512,11 @@ def spawn(args, side: str, spec: dict, folder: Path, repo: Path | None) -> dict:
     """Run `--worker side` in a fresh interpreter and parse its result line."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--spec", json.dumps(spec),
            "--inputs", str(folder), "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--threads", str(args.threads), "--device", args.device, "--official-compile", args.official_compile,
-           "--official-thp", args.official_thp]
+           "--threads", str(args.threads), "--device", args.device, "--official-compile", args.official_compile,]
     if repo is not None:
         cmd += ["--official-repo", str(repo)]
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}  # as the user started the bench
-    if USER_THP is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = USER_THP
-    if side == "official" and args.official_thp == "on":
-        env["THP_MEM_ALLOC_ENABLE"] = "1"
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
@@ -626,9 +596,6 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads on both sides")
     parser.add_argument("--official-compile", choices=["default", "off"], default="default",
                         help="default: the official train.compile (true); off: train.compile=false")
-    parser.add_argument("--official-thp", choices=["user", "on"], default="user",
-                        help="user: the official worker gets THP_MEM_ALLOC_ENABLE as the bench was started with; "
-                             "on: =1, the setting ours uses by default")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=str(REPO / "bench/results/vs_official.json"))
     parser.add_argument("--worker", choices=["ours", "official"], help=argparse.SUPPRESS)
@@ -696,7 +663,7 @@ def main(argv=None) -> int:
     report = {"benchmark": "vs_official", "command": " ".join([sys.executable, *sys.argv]),
               "torch": torch.__version__, "device": args.device, "cores": os.cpu_count(), "threads": args.threads,
               "official_repo": str(repo) if repo else None, "official_commit": official_commit(repo),
-              "official_compile": args.official_compile, "official_thp": args.official_thp,
+              "official_compile": args.official_compile,
               "warmup": args.warmup, "steps": args.steps,
               "rounds": args.rounds, "results": rows}
     out = Path(args.output)

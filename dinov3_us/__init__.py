@@ -6,12 +6,4 @@ checkpoints, export, conversion) -> `eval` (probes, fine-tuning, reports). `laun
 SLURM jobs. A later stage imports an earlier one, never the reverse.
 """
 
-import os
-
-# CPU tensors of 2 MiB and more on transparent huge pages: a fresh [patches, 65,536] float32 buffer then
-# costs ~6 ms to fault in instead of ~60 ms (2 cores), which is most of the CPU time of the loss path.
-# torch reads this once, at its first allocation: set before torch is imported (every entry point
-# imports dinov3_us first). THP_MEM_ALLOC_ENABLE=0 in the environment turns it off.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 __version__ = "0.1.0"

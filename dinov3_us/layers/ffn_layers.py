@@ -4,12 +4,47 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class _GeluLinear(torch.autograd.Function):
+    """fc2(gelu(h)) that keeps h for the backward and recomputes gelu(h) there, instead of keeping both.
+
+    The same operations as autograd's (gelu, then linear; gelu_backward, mm for the weight and the input),
+    so values and gradients are those of the unfused layers; it saves one [tokens, hidden] activation per
+    block (a third of the MLP's).
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, approximate: str) -> Tensor:
+        ctx.approximate, ctx.has_bias = approximate, bias is not None
+        ctx.save_for_backward(h, weight)
+        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        h, weight = ctx.saved_tensors
+        grad_h = grad_w = grad_b = None
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [tokens, out]
+        if ctx.needs_input_grad[1]:
+            act = F.gelu(h, approximate=ctx.approximate)  # recomputed: the forward's values
+            grad_w = g2.t().mm(act.reshape(-1, act.shape[-1]))  # [out, hidden]
+            del act
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight), h, approximate=ctx.approximate)
+        return grad_h, grad_w, grad_b, None
+
+
 class Mlp(nn.Module):
-    """fc1 -> activation -> dropout -> fc2 -> dropout."""
+    """fc1 -> activation -> dropout -> fc2 -> dropout.
+
+    With a GELU activation and no dropout (the DINOv3 block), training recomputes gelu(fc1(x)) in the
+    backward instead of keeping it (`_GeluLinear`): the same values and gradients in less memory.
+    """
 
     def __init__(
         self,
@@ -30,6 +65,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:  # [..., in] -> [..., out]
+        if type(self.act) is nn.GELU and self.drop.p == 0 and torch.is_grad_enabled():
+            return _GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias, self.act.approximate)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 

@@ -33,12 +33,9 @@ def forward_flops(module: nn.Module, *inputs) -> float:
 
 
 @torch.no_grad()
-def training_flops_per_image(model: nn.Module, cfg: Mapping) -> float:
-    """FLOPs (2 x multiply-adds) per image of one DINOv3 step: student fwd+bwd (3x) on all crops, teacher fwd.
-
-    Counted on an unsharded copy-free path: the student backbone on one global and one local crop
-    (x its crop counts) and the heads on the CLS tokens; iBOT head patches are a small correction ignored.
-    """
+def crop_forward_macs(model: nn.Module, cfg: Mapping) -> dict[str, float]:
+    """Multiply-adds of one forward of the student on one crop: backbone on a global and on a local crop
+    ("global", "local", no drop path) and the DINO head on one CLS token ("head")."""
     backbone = model.student.backbone
     crops, chans = cfg["crops"], cfg["student"]["in_chans"]
     g = torch.zeros(1, chans, crops["global_crops_size"], crops["global_crops_size"])
@@ -46,13 +43,22 @@ def training_flops_per_image(model: nn.Module, cfg: Mapping) -> float:
     was_training = backbone.training
     backbone.eval()
     try:
-        fg, fl = forward_flops(backbone, g), forward_flops(backbone, loc)
-        head = forward_flops(model.student.dino_head, torch.zeros(1, backbone.embed_dim))
+        return {"global": forward_flops(backbone, g), "local": forward_flops(backbone, loc),
+                "head": forward_flops(model.student.dino_head, torch.zeros(1, backbone.embed_dim))}
     finally:
         backbone.train(was_training)
-    n_local = crops["local_crops_number"]
-    student = 2 * (fg + head) + n_local * (fl + head)
-    teacher = 2 * (fg + head)
+
+
+def training_flops_per_image(model: nn.Module, cfg: Mapping) -> float:
+    """FLOPs (2 x multiply-adds) per image of one DINOv3 step: student fwd+bwd (3x) on all crops, teacher fwd.
+
+    Counted on an unsharded copy-free path: the student backbone on one global and one local crop
+    (x its crop counts) and the heads on the CLS tokens; iBOT head patches are a small correction ignored.
+    """
+    macs = crop_forward_macs(model, cfg)
+    n_local = cfg["crops"]["local_crops_number"]
+    student = 2 * (macs["global"] + macs["head"]) + n_local * (macs["local"] + macs["head"])
+    teacher = 2 * (macs["global"] + macs["head"])
     return 2.0 * (3 * student + teacher)  # MACs -> FLOPs
 
 

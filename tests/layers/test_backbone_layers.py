@@ -96,3 +96,19 @@ def test_crops_of_different_sizes_together_equal_each_alone():
     g_alone = torch.autograd.grad(sum((t * t).sum() for t in alone), [*crops, block.attn.qkv.weight])
     for a, b in zip(g_together, g_alone):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(7, 16), (2, 5, 16)])
+def test_mlp_recomputing_gelu_gives_the_unfused_values_and_gradients(shape):
+    from dinov3_us.layers import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(16, 48)
+    x = torch.randn(shape, requires_grad=True)
+    fused = mlp(x)
+    grads = torch.autograd.grad(fused.square().sum(), [x, *mlp.parameters()])
+    reference = mlp.fc2(mlp.act(mlp.fc1(x)))  # the plain layers, autograd's own backward
+    ref_grads = torch.autograd.grad(reference.square().sum(), [x, *mlp.parameters()])
+    torch.testing.assert_close(fused, reference, rtol=0, atol=0)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -44,3 +44,23 @@ def test_targets_broadcast_as_in_the_official_product():
     t = torch.softmax(torch.randn(1, 4, 6), -1)  # e.g. softmax-centred iBOT targets [1, M, K]
     s = torch.randn(4, 6)
     torch.testing.assert_close(soft_cross_entropy(t, s, 0.2), _reference(t, s, 0.2))
+
+
+def test_row_chunks_give_the_same_value_and_gradient(monkeypatch):
+    """Rows are processed a few at a time (small temporaries): any chunk size gives the same result."""
+    from dinov3_us.loss import cross_entropy
+
+    torch.manual_seed(1)
+    logits = torch.randn(37, 64) * 4
+    targets = torch.softmax(torch.randn(37, 64) / 0.2, dim=-1)
+    results = []
+    for chunk_bytes in (8 * 2**20, 4 * 64 * 5):  # one chunk; chunks of 5 rows (the last one of 2)
+        monkeypatch.setitem(cross_entropy.CHUNK_BYTES, "cpu", chunk_bytes)
+        s = logits.clone().requires_grad_(True)
+        out = soft_cross_entropy(targets, s, 0.1)
+        out.sum().backward()
+        results.append((out.detach(), s.grad))
+    assert len(cross_entropy._row_chunks(37, 64, torch.device("cpu"))) == 8
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+    torch.testing.assert_close(results[1][0], _reference(targets, logits, 0.1), rtol=1e-5, atol=1e-5)
