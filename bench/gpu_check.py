@@ -5,7 +5,7 @@ steps with throughput, MFU and peak memory, and a checkpoint save/resume.
     python bench/gpu_check.py --compile --steps 10 --output bench/results/gpu_check_h100.json
 
 1. Backbone (ViT-S/16 on CUDA, vit_test on CPU) with every attention backend that runs here (xformers
-   only where its kernel runs): max output difference to `naive`, and forward time of each.
+   only where its kernel runs): max output difference to `matmul`, and forward time of each.
 2. A DINOv3 training step (SSLMetaArch, FSDP2 on a 1-process group, bf16 parameters / fp32 reduce,
    optionally torch.compile of the blocks): img/s, achieved TFLOP/s, MFU against the GPU's dense bf16
    datasheet peak (or a measured matmul on CPU), peak memory.
@@ -70,8 +70,8 @@ def check_attention(device: torch.device) -> dict:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outputs[backend] = model.forward_features(x)["x_norm_patchtokens"].float()
             seconds[backend] = _timed(lambda: model.forward_features(x), device)
-    ref = outputs["naive"]
-    return {"backends": list(outputs), "max_abs_diff_vs_naive": {k: float((v - ref).abs().max()) for k, v in
+    ref = outputs["matmul"]
+    return {"backends": list(outputs), "max_abs_diff_vs_matmul": {k: float((v - ref).abs().max()) for k, v in
                                                                 outputs.items()},
             "forward_seconds": {k: round(v, 5) for k, v in seconds.items()}, "batch": list(x.shape)}
 

@@ -68,7 +68,7 @@ CHOICES: dict[str, tuple] = {
     "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_256", "none"),
     "runtime.device": ("auto", "cpu", "cuda"),
     "runtime.dist_backend": ("auto", "nccl", "gloo"),
-    "attention.backend": ("auto", "sdpa", "xformers", "naive"),
+    "attention.backend": ("auto", "sdpa", "xformers", "matmul"),
 }
 
 

@@ -42,7 +42,7 @@ class ModelConfig:
     arch: Literal["vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large"] | None = None  # needed for random
     in_chans: Literal[1, 3] | None = None  # None: the weights' (random: 1); 1 with RGB weights sums the filters
     seed: int = 0  # initialisation seed of a random backbone
-    attention_backend: Literal["auto", "sdpa", "xformers", "naive"] = "auto"
+    attention_backend: Literal["auto", "sdpa", "xformers", "matmul"] = "auto"
 
 
 @dataclass

@@ -64,8 +64,13 @@ def mixed_precision_policy(compute_precision: Mapping, output_fp32: bool) -> Mix
 
 def shard_backbone_and_heads(modules: nn.ModuleDict, mesh: DeviceMesh, compute_precision: Mapping, *,
                              activation_checkpointing: str | None, compile_blocks: bool,
-                             reshard_after_forward: bool) -> None:
-    """AC -> compile -> fully_shard(each block) -> fully_shard(backbone) -> fully_shard(each head)."""
+                             reshard_after_forward: bool, heads_reshard_after_forward: bool | None = None) -> None:
+    """AC -> compile -> fully_shard(each block) -> fully_shard(backbone) -> fully_shard(each head).
+
+    `heads_reshard_after_forward` (default: `reshard_after_forward`) applies to the heads alone.
+    """
+    if heads_reshard_after_forward is None:
+        heads_reshard_after_forward = reshard_after_forward
     block_policy = mixed_precision_policy(compute_precision, output_fp32=False)
     policy = mixed_precision_policy(compute_precision, output_fp32=True)
     backbone = modules["backbone"]
@@ -78,7 +83,7 @@ def shard_backbone_and_heads(modules: nn.ModuleDict, mesh: DeviceMesh, compute_p
     fully_shard(backbone, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     for name, module in modules.items():
         if name != "backbone":
-            fully_shard(module, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
+            fully_shard(module, mesh=mesh, mp_policy=block_policy, reshard_after_forward=heads_reshard_after_forward)
 
 
 def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, mesh: DeviceMesh | None = None):
@@ -92,9 +97,12 @@ def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, 
     precision = cfg["compute_precision"]
     train = cfg["train"]
     ac = ("full" if train["checkpointing_full"] else "selective") if train["checkpointing"] else None
+    # The student's heads run backward right after the losses: resharding them after their forward would
+    # only all-gather them again a moment later (a third of their parameter traffic), for no lower peak.
     shard_backbone_and_heads(model.student, mesh, precision, activation_checkpointing=ac,
                              compile_blocks=train["compile"],
-                             reshard_after_forward=train["fsdp_reshard_after_forward"])
+                             reshard_after_forward=train["fsdp_reshard_after_forward"],
+                             heads_reshard_after_forward=False)
     for teacher in (model.teacher, model.gram_teacher):
         if teacher is not None:
             shard_backbone_and_heads(teacher, mesh, precision, activation_checkpointing=None,

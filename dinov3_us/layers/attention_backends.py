@@ -1,8 +1,17 @@
-"""One attention interface, three kernels: `sdpa` (PyTorch), `xformers` (CUDA only) and `naive`.
+"""One attention interface, three kernels: `sdpa` (PyTorch), `xformers` (CUDA only) and `matmul`.
 
-`attention.backend=auto` uses xformers' memory-efficient kernel where it really runs (CUDA tensors
-and an importable build) and PyTorch SDPA everywhere else. Asking for `xformers` explicitly where it
-cannot run is an error, never a silent fallback.
+`attention.backend=auto` picks per device and dtype, from measurements (`bench/bench_attention.py`):
+- CUDA: xformers' memory-efficient kernel where it really runs (an importable build), else SDPA.
+- CPU, bf16/fp16: `matmul`. PyTorch's CPU flash kernel is 3x (201 tokens) to 7x (41 tokens) slower
+  there on ViT-S/16 crops, forward + backward.
+- CPU, fp32: SDPA (its flash kernel; `matmul` is no faster).
+Asking for `xformers` explicitly where it cannot run is an error, never a silent fallback.
+
+`matmul`: softmax(q k^T / sqrt(d)) v with two matmuls and a softmax computed in float32 (at least), and a
+backward that recomputes the probabilities from q and k (as flash attention does) instead of keeping the
+[B, heads, N, N] matrix: it keeps only q, k, v and the output. In bf16 the scores q k^T are rounded to
+bf16 before the float32 softmax (what attention written with matmuls gives under autocast); the flash
+kernels keep them in float32.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from dinov3_us.errors import ConfigError
 
 logger = logging.getLogger("dinov3_us")
 
-BACKENDS = ("auto", "sdpa", "xformers", "naive")
+BACKENDS = ("auto", "sdpa", "xformers", "matmul")
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,28 +47,57 @@ def xformers_usable(x: Tensor) -> bool:
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """The concrete backends that can run on `device` (for tests and benchmarks)."""
-    names = ["sdpa", "naive"]
+    names = ["sdpa", "matmul"]
     if torch.device(device).type == "cuda" and _xformers_ops() is not None:
         names.append("xformers")
     return names
 
 
-def _naive(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    scale = q.shape[-1] ** -0.5
-    attn = (q * scale) @ k.transpose(-2, -1)  # [B, heads, N, N]
-    return attn.softmax(dim=-1) @ v
+class _MatmulAttention(torch.autograd.Function):
+    """Attention with matmuls; the backward recomputes the probabilities (nothing [N, N] is kept)."""
+
+    @staticmethod
+    def _probs(q: Tensor, k: Tensor, scale: float) -> Tensor:  # [B, heads, N, M], float32 or wider
+        scores = torch.matmul(q, k.transpose(-2, -1))  # [B, heads, N, M], the inputs' dtype
+        return torch.softmax(scores.to(torch.promote_types(q.dtype, torch.float32)).mul_(scale), dim=-1)
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        scale = q.shape[-1] ** -0.5
+        out = torch.matmul(_MatmulAttention._probs(q, k, scale).to(q.dtype), v)  # [B, heads, N, D_head]
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, out = ctx.saved_tensors
+        probs = _MatmulAttention._probs(q, k, ctx.scale)  # [B, heads, N, M]
+        grad_v = torch.matmul(probs.to(q.dtype).transpose(-2, -1), grad_out)
+        grad_probs = torch.matmul(grad_out, v.transpose(-2, -1)).to(probs.dtype)  # [B, heads, N, M]
+        row = (grad_out.to(probs.dtype) * out.to(probs.dtype)).sum(-1, keepdim=True)  # sum_m p * dp, [.., N, 1]
+        grad_scores = probs.mul_(grad_probs.sub_(row)).mul_(ctx.scale).to(q.dtype)  # softmax backward, scaled
+        return torch.matmul(grad_scores, k), torch.matmul(grad_scores.transpose(-2, -1), q), grad_v
+
+
+def resolve_backend(backend: str, q: Tensor) -> str:
+    """The concrete kernel `backend` means for `q` (`auto`: per device and dtype, see the module docstring)."""
+    if backend != "auto":
+        return backend
+    if q.is_cuda:
+        return "xformers" if xformers_usable(q) else "sdpa"
+    return "matmul" if q.dtype in (torch.bfloat16, torch.float16) else "sdpa"
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> Tensor:
     """softmax(q k^T / sqrt(d)) v for q, k, v of shape [B, heads, N, D_head]; returns [B, heads, N, D_head]."""
     if backend not in BACKENDS:
         raise ConfigError(f"attention.backend: {backend!r} is not one of {list(BACKENDS)}")
-    if backend == "auto":
-        backend = "xformers" if xformers_usable(q) else "sdpa"
+    backend = resolve_backend(backend, q)
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
-    if backend == "naive":
-        return _naive(q, k, v)
+    if backend == "matmul":
+        return _MatmulAttention.apply(q, k, v)
     if not xformers_usable(q):
         raise ConfigError(
             f"attention.backend=xformers, but xformers cannot run here (tensor on {q.device}, "

@@ -143,7 +143,7 @@ class DinoVisionTransformer(nn.Module):
         self.set_attention_backend(attention_backend)
 
     def set_attention_backend(self, backend: str) -> None:
-        """Select the attention kernel of every block: auto | sdpa | xformers | naive."""
+        """Select the attention kernel of every block: auto | sdpa | xformers | matmul."""
         if backend not in BACKENDS:
             raise ValueError(f"attention backend {backend!r} is not one of {list(BACKENDS)}")
         for module in self.modules():
