@@ -11,7 +11,7 @@
   parameter and per operation).
 Interleaved repeats in one process, median of the fastest half; also the largest difference of the results.
 
-    python bench/bench_step_parts.py [--rows 507] [--prototypes 65536] [--repeats 5]
+    python bench/bench_step_parts.py [--rows 507] [--prototypes 65536] [--repeats 5] [--arch vit_small]
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=507, help="masked patches (iBOT rows)")
     parser.add_argument("--prototypes", type=int, default=65536)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--arch", default="vit_small", help="student.arch of the AdamW part")
     parser.add_argument("--output", default=str(REPO / "bench/results/step_parts.json"))
     args = parser.parse_args()
     if min(args.rows, args.prototypes, args.repeats) < 1:
@@ -105,7 +106,8 @@ def main() -> int:
         results[f"soft_cross_entropy_fwd_bwd_{str(dtype)[6:]}"] = {"seconds": secs, "max_abs_grad_diff": diff}
 
     init_distributed("cpu", "gloo")
-    cfg = load_config(None, ["student.arch=vit_small", "student.n_storage_tokens=4", "runtime.device=cpu"])
+    cfg = load_config(None, [f"student.arch={args.arch}", "student.n_storage_tokens=4", "runtime.device=cpu",
+                             f"dino.head_n_prototypes={args.prototypes}", f"ibot.head_n_prototypes={args.prototypes}"])
     model = SSLMetaArch(cfg)
     model.init_weights()
     parallelize_meta_arch(model, cfg, torch.device("cpu"))
