@@ -16,6 +16,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from dinov3_us.dtypes import DTYPES
@@ -111,6 +112,11 @@ def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, 
     logger.info("FSDP2: %d ranks, params %s, reduce %s, AC %s, compile %s", mesh.size(),
                 cfg["compute_precision"]["param_dtype"], cfg["compute_precision"]["reduce_dtype"], ac, train["compile"])
     return mesh
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 (DTensor) parameter or gradient, or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def reshard_module(module: nn.Module) -> None:

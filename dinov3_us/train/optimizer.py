@@ -14,18 +14,15 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
-from torch.distributed.tensor import DTensor
+
+from dinov3_us.fsdp import local_shard
 
 FUSED_DEVICES = ("cpu", "cuda")
 
 
-def _local(param: Tensor) -> Tensor:
-    return param.to_local() if isinstance(param, DTensor) else param
-
-
 def adamw_implementation(params: Iterable[Tensor]) -> str:
     """'fused' when every parameter is a floating tensor on a device with the fused kernel, else 'foreach'."""
-    locals_ = [_local(p) for p in params]
+    locals_ = [local_shard(p) for p in params]
     if locals_ and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in locals_):
         return "fused"
     return "foreach"

@@ -12,10 +12,9 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
 from dinov3_us.errors import ConfigError
-from dinov3_us.fsdp import reshard_module
+from dinov3_us.fsdp import local_shard, reshard_module
 from dinov3_us.layers.dino_head import DINOHead
 from dinov3_us.loss import DINOLoss, KoLeoLoss, KoLeoLossDistributed, iBOTPatchLoss
 from dinov3_us.models import build_model_from_cfg
@@ -24,11 +23,6 @@ from dinov3_us.train.monitor import collapse_metrics
 from dinov3_us.train.param_groups import fuse_params_groups, get_params_groups_with_decay
 
 logger = logging.getLogger("dinov3_us")
-
-
-def _local(param: Tensor) -> Tensor:
-    """The local shard of an FSDP2 (DTensor) parameter, or the parameter itself."""
-    return param.to_local() if isinstance(param, DTensor) else param
 
 
 def _check_cfg(cfg: Mapping) -> None:
@@ -226,7 +220,7 @@ class SSLMetaArch(nn.Module):
     def update_ema(self, m: float) -> None:
         """teacher <- m * teacher + (1 - m) * student, parameter by parameter (foreach ops on local shards)."""
         if self.ema_params_lists is None:  # local shards under FSDP2 (the same sharding for student and teacher)
-            pairs = [(_local(s), _local(t)) for k in self.student
+            pairs = [(local_shard(s), local_shard(t)) for k in self.student
                      for s, t in zip(self.student[k].parameters(), self.teacher[k].parameters())]
             self.ema_params_lists = ([p[0] for p in pairs], [p[1] for p in pairs])
         student_params, teacher_params = self.ema_params_lists
