@@ -1,8 +1,15 @@
 """Activation checkpointing, then torch.compile, then FSDP2 `fully_shard` (per block, then root).
 
 The order is torchtitan's and DINOv3's: AC wraps each block, compile each (wrapped) block, and
-`fully_shard` each block before the root, always with a `MixedPrecisionPolicy` (bf16/fp16/fp32
-parameters, fp32 or bf16 gradient reduction) so that one code path serves any world size and device.
+`fully_shard` each block before the root, with a `MixedPrecisionPolicy` (bf16/fp16/fp32 parameters,
+fp32 or bf16 gradient reduction) so that one code path serves any world size and device.
+
+One exception (`needs_fsdp`): a single process with fp32 parameters and fp32 reduction has nothing
+to shard and nothing to cast, and FSDP2 would only copy every parameter into its all-gather buffers
+and every gradient out of its reduce-scatter buffers, each step (a third of the bench's T step).
+Such a run keeps plain modules: the same arithmetic (tests/fsdp/test_parallelize.py), up to the
+last bits where oneDNN picks another kernel for FSDP2's flat-buffer weights (other alignment). Its
+DCP checkpoints load into any number of ranks and back (tests/checkpointer/test_checkpointer_dist.py).
 """
 
 from __future__ import annotations
@@ -63,10 +70,22 @@ def mixed_precision_policy(compute_precision: Mapping, output_fp32: bool) -> Mix
                                 output_dtype=torch.float32 if output_fp32 else None)
 
 
+def needs_fsdp(world_size: int, compute_precision: Mapping) -> bool:
+    """Whether FSDP2 does any work: more than one rank, or a parameter or reduction dtype other than fp32."""
+    return world_size > 1 or compute_precision["param_dtype"] != "fp32" or compute_precision["reduce_dtype"] != "fp32"
+
+
+def prepare_blocks(backbone: nn.Module, *, activation_checkpointing: str | None, compile_blocks: bool) -> None:
+    """AC ("full" / "selective" / None) -> torch.compile on each of `backbone.blocks`, in place."""
+    if activation_checkpointing:
+        _apply_ac(backbone.blocks, full=activation_checkpointing == "full")
+    if compile_blocks:
+        _apply_compile(backbone.blocks)
+
+
 def shard_backbone_and_heads(modules: nn.ModuleDict, mesh: DeviceMesh, compute_precision: Mapping, *,
-                             activation_checkpointing: str | None, compile_blocks: bool,
                              reshard_after_forward: bool, heads_reshard_after_forward: bool | None = None) -> None:
-    """AC -> compile -> fully_shard(each block) -> fully_shard(backbone) -> fully_shard(each head).
+    """fully_shard(each block) -> fully_shard(backbone) -> fully_shard(each head), after `prepare_blocks`.
 
     `heads_reshard_after_forward` (default: `reshard_after_forward`) applies to the heads alone.
     """
@@ -75,10 +94,6 @@ def shard_backbone_and_heads(modules: nn.ModuleDict, mesh: DeviceMesh, compute_p
     block_policy = mixed_precision_policy(compute_precision, output_fp32=False)
     policy = mixed_precision_policy(compute_precision, output_fp32=True)
     backbone = modules["backbone"]
-    if activation_checkpointing:
-        _apply_ac(backbone.blocks, full=activation_checkpointing == "full")
-    if compile_blocks:
-        _apply_compile(backbone.blocks)
     for block in backbone.blocks:
         fully_shard(block, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard_after_forward)
     fully_shard(backbone, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
@@ -90,6 +105,7 @@ def shard_backbone_and_heads(modules: nn.ModuleDict, mesh: DeviceMesh, compute_p
 def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, mesh: DeviceMesh | None = None):
     """Shard `SSLMetaArch`'s student, teacher and Gram teacher over all ranks; returns the device mesh.
 
+    Where `needs_fsdp` is false (one rank, fp32), AC and compile only: the modules stay plain.
     Inference-only models (teacher, Gram teacher) get neither AC nor backward; they are resharded
     explicitly after their no-grad forward (`reshard_module`) so that the EMA runs on local shards.
     """
@@ -100,17 +116,21 @@ def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, 
     ac = ("full" if train["checkpointing_full"] else "selective") if train["checkpointing"] else None
     # The student's heads run backward right after the losses: resharding them after their forward would
     # only all-gather them again a moment later (a third of their parameter traffic), for no lower peak.
-    shard_backbone_and_heads(model.student, mesh, precision, activation_checkpointing=ac,
-                             compile_blocks=train["compile"],
-                             reshard_after_forward=train["fsdp_reshard_after_forward"],
-                             heads_reshard_after_forward=False)
+    shard = needs_fsdp(mesh.size(), precision)
+    prepare_blocks(model.student["backbone"], activation_checkpointing=ac, compile_blocks=train["compile"])
+    if shard:
+        shard_backbone_and_heads(model.student, mesh, precision,
+                                 reshard_after_forward=train["fsdp_reshard_after_forward"],
+                                 heads_reshard_after_forward=False)
     for teacher in (model.teacher, model.gram_teacher):
         if teacher is not None:
-            shard_backbone_and_heads(teacher, mesh, precision, activation_checkpointing=None,
-                                     compile_blocks=train["compile"], reshard_after_forward=True)
+            prepare_blocks(teacher["backbone"], activation_checkpointing=None, compile_blocks=train["compile"])
+            if shard:
+                shard_backbone_and_heads(teacher, mesh, precision, reshard_after_forward=True)
     model.to(device)  # buffers outside FSDP (loss centers, RoPE periods) follow the parameters
-    logger.info("FSDP2: %d ranks, params %s, reduce %s, AC %s, compile %s", mesh.size(),
-                cfg["compute_precision"]["param_dtype"], cfg["compute_precision"]["reduce_dtype"], ac, train["compile"])
+    logger.info("%s: %d ranks, params %s, reduce %s, AC %s, compile %s",
+                "FSDP2" if shard else "plain modules (1 rank, fp32: nothing to shard)",
+                mesh.size(), precision["param_dtype"], precision["reduce_dtype"], ac, train["compile"])
     return mesh
 
 

@@ -1,5 +1,6 @@
 """Resume is exact at every checkpoint, not only at epoch boundaries: each resumed run repeats the
-uninterrupted run's per-iteration losses and final teacher bit for bit (1 process; 0 and 2 loader workers).
+uninterrupted run's per-iteration losses and final teacher bit for bit (1 process; 0 and 2 loader workers;
+bf16 under FSDP2 and fp32, where one process keeps plain modules).
 
 The data epoch here is 5 iterations (44 train samples, batch 8) and the training "epoch" 10, so the
 checkpoints fall at data-epoch boundaries and in the middle of data epochs.
@@ -48,14 +49,15 @@ def resume_from(ref: Path, iteration: int, out: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers, points", [(0, (2, 8, 14, 23)), (2, (11,))])
-def test_resume_at_any_checkpoint_is_exact(tmp_path, phantom_shards, workers, points):
+@pytest.mark.parametrize("workers, points, dtype", [(0, (2, 8, 14, 23), "bf16"), (2, (11,), "bf16"), (0, (8,), "fp32")])
+def test_resume_at_any_checkpoint_is_exact(tmp_path, phantom_shards, workers, points, dtype):
+    options = (f"train.num_workers={workers}", f"compute_precision.param_dtype={dtype}")
     ref = tmp_path / "ref"
-    train(ref, phantom_shards, f"train.num_workers={workers}")
+    train(ref, phantom_shards, *options)
     expected, final = losses(ref), teacher(ref)
     assert sorted(expected) == list(range(30))
     for it in points:
         out = resume_from(ref, it, tmp_path / f"from_{it}")
-        train(out, phantom_shards, f"train.num_workers={workers}")
+        train(out, phantom_shards, *options)
         assert losses(out) == expected, f"resumed after iteration {it}"
         assert all(torch.equal(teacher(out)[k], v) for k, v in final.items()), f"resumed after iteration {it}"
