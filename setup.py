@@ -26,6 +26,7 @@ setup(
         "submitit>=1.5",
         "tensorboard>=2.14",
         "scikit-learn>=1.3",
+        "scipy>=1.10",  # also a dependency of scikit-learn; the data stage labels connected components
         "fvcore>=0.1.5",
         "tqdm>=4.60",
         "matplotlib>=3.7",

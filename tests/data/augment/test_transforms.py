@@ -8,7 +8,7 @@ import torch
 
 from dinov3_us.data.augment import ultrasound as us
 from dinov3_us.data.augment.image_ops import to_float_tensor
-from dinov3_us.data.augment.sector import Sector, SectorResizedCrop
+from dinov3_us.data.augment.sector import Sector, SectorResizedCrop, _largest_component
 from dinov3_us.data.augment.transforms import (
     ColorJitter,
     GaussianBlur,
@@ -90,6 +90,40 @@ def test_sector_estimate_matches_the_fan():
     assert Sector.from_image(torch.rand(1, 40, 40) * 0.5 + 0.3).mask.mean() > 0.95
     depth = Sector.from_mask(fan).depth_of_rows((10, 0, 50, 40), 20)
     assert np.all(np.diff(depth) > 0) and depth.min() >= 0 and depth.max() <= 1
+
+
+def _bfs_largest(on: np.ndarray) -> np.ndarray:
+    """Reference: breadth-first search from each unlabelled on-pixel in raster order, 4-neighbours."""
+    labels, best, best_size = np.zeros(on.shape, int), 0, 0
+    for start in zip(*np.nonzero(on)):
+        if labels[start]:
+            continue
+        label = labels.max() + 1
+        labels[start], queue, size = label, [start], 0
+        while queue:
+            y, x = queue.pop()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < on.shape[0] and 0 <= nx < on.shape[1] and on[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = label
+                    queue.append((ny, nx))
+        if size > best_size:
+            best, best_size = label, size
+    return labels == best if best_size else on
+
+
+def test_largest_component_is_4_connected_and_breaks_ties_in_raster_order():
+    diagonal = np.eye(4, dtype=bool)  # 4 components of one pixel: the first (top left) wins
+    assert np.array_equal(_largest_component(diagonal), np.pad([[True]], ((0, 3), (0, 3))))
+    two = np.zeros((3, 7), bool)
+    two[:, 0:2] = two[:, 4:6] = True  # two equal components: the left one
+    assert np.array_equal(_largest_component(two), np.pad(np.ones((3, 2), bool), ((0, 0), (0, 5))))
+    empty = np.zeros((5, 5), bool)
+    assert np.array_equal(_largest_component(empty), empty)
+    rng = np.random.default_rng(0)
+    for density in (0.3, 0.5, 0.6, 0.8):
+        on = rng.random((43, 64)) < density
+        assert np.array_equal(_largest_component(on), _bfs_largest(on)), density
 
 
 def test_sector_aware_crops_avoid_the_black_background():
