@@ -2,7 +2,8 @@
 
 Runs what `tools/train.py` runs, recipe by recipe (the shipped config files, unchanged: their batch size,
 in_chans, drop path, iBOT masking through the trainer's own collate, gradient clipping): SSLMetaArch under
-FSDP2 in a process group of one, `build_adamw`, the schedules, `train_step`. The crops are random (the data
+`parallelize_meta_arch` in a process group of one (FSDP2; plain modules in fp32, as the trainer),
+`build_adamw`, the schedules, `train_step`. The crops are random (the data
 pipeline has its own bench); every step gets its own batch and masks. Reports, per recipe and parameter
 dtype, the median step time over `--steps` timed steps after `--warmup` (>= 2) untimed ones, with min-max.
 

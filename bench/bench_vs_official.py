@@ -31,7 +31,8 @@ Configs (the same keys are applied to both sides):
 Both sides: in_chans 3, masking from ibot.mask_sample_probability / mask_ratio_min_max, the config's drop path
 and optim.clip_grad, each side's own teacher-temperature schedule (0.04 at iteration 0), Sinkhorn-Knopp.
 
-Our step: `SSLMetaArch` -> `parallelize_meta_arch` (FSDP2, 1-process gloo group from `init_distributed`) ->
+Our step: `SSLMetaArch` -> `parallelize_meta_arch` (FSDP2 in a 1-process gloo group from `init_distributed`;
+plain modules for fp32 parameters and reduction, as the trainer runs one process) ->
 `build_adamw(model.get_params_groups(), betas)` -> `build_schedulers` -> `train_step(..., clip_grad)`, in the
 trainer's order; our weights are loaded before sharding, as the trainer loads pretrained weights.
 
