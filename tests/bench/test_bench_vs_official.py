@@ -85,4 +85,23 @@ def test_both_sides_agree_at_step_0(tmp_path):
     # attention, then for the MLP, from the same seed): the same losses up to float rounding.
     for key, value in ours.items():
         assert value == pytest.approx(official[key], rel=1e-4), key
-    assert row["ratio_ours_over_official"] > 0
+    assert row["ratio_ours_over_official"] > 0 and len(row["ratio_per_round"]) == 1
+
+
+def test_summary_ratio_per_round():
+    """Each round's ratio is the official median over ours, within that round (after the warm-up steps)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_vs_official as bench
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    losses = {k: 1.0 for k in bench.LOSS_KEYS}
+
+    def result(seconds):
+        return {"seconds": seconds, "peak_rss_gib": 1.0, "losses": losses, "compile": {"requested": False}}
+
+    runs = {"ours": [result([9.0, 1.0, 1.0, 3.0]), result([9.0, 2.0, 2.0, 2.0])],
+            "official": [result([9.0, 3.0, 3.0, 3.0]), result([9.0, 2.0, 2.0, 2.0])]}
+    row = bench.summarize("T", 8, runs, warmup=1)
+    assert row["ratio_per_round"] == [3.0, 1.0]
+    assert row["ratio_ours_over_official"] == pytest.approx(2.5 / 2.0)  # medians over all timed steps
