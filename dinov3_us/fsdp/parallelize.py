@@ -102,10 +102,12 @@ def shard_backbone_and_heads(modules: nn.ModuleDict, mesh: DeviceMesh, compute_p
             fully_shard(module, mesh=mesh, mp_policy=block_policy, reshard_after_forward=heads_reshard_after_forward)
 
 
-def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, mesh: DeviceMesh | None = None):
+def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, mesh: DeviceMesh | None = None,
+                          *, shard: bool | None = None):
     """Shard `SSLMetaArch`'s student, teacher and Gram teacher over all ranks; returns the device mesh.
 
-    Where `needs_fsdp` is false (one rank, fp32), AC and compile only: the modules stay plain.
+    Where `needs_fsdp` is false (one rank, fp32), AC and compile only: the modules stay plain. `shard`
+    overrides that choice (True: FSDP2 even there, as the test comparing both paths needs).
     Inference-only models (teacher, Gram teacher) get neither AC nor backward; they are resharded
     explicitly after their no-grad forward (`reshard_module`) so that the EMA runs on local shards.
     """
@@ -114,11 +116,12 @@ def parallelize_meta_arch(model: nn.Module, cfg: Mapping, device: torch.device, 
     precision = cfg["compute_precision"]
     train = cfg["train"]
     ac = ("full" if train["checkpointing_full"] else "selective") if train["checkpointing"] else None
-    # The student's heads run backward right after the losses: resharding them after their forward would
-    # only all-gather them again a moment later (a third of their parameter traffic), for no lower peak.
-    shard = needs_fsdp(mesh.size(), precision)
+    if shard is None:
+        shard = needs_fsdp(mesh.size(), precision)
     prepare_blocks(model.student["backbone"], activation_checkpointing=ac, compile_blocks=train["compile"])
     if shard:
+        # The student's heads run backward right after the losses: resharding them after their forward would
+        # only all-gather them again a moment later (a third of their parameter traffic), for no lower peak.
         shard_backbone_and_heads(model.student, mesh, precision,
                                  reshard_after_forward=train["fsdp_reshard_after_forward"],
                                  heads_reshard_after_forward=False)

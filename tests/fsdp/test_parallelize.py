@@ -17,7 +17,6 @@ from dinov3_us.checkpointer.export import full_state_dict
 from dinov3_us.configs import load_config
 from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
 from dinov3_us.fsdp import needs_fsdp, parallelize_meta_arch
-from dinov3_us.fsdp.parallelize import prepare_blocks, shard_backbone_and_heads
 from dinov3_us.train.optimizer import build_adamw
 from dinov3_us.train.param_groups import clean_param_name
 from dinov3_us.train.schedules import build_schedulers
@@ -55,15 +54,7 @@ def _fp32_steps(fsdp: bool):
     torch.manual_seed(0)
     model = SSLMetaArch(cfg)
     model.init_weights()
-    if fsdp:  # what parallelize_meta_arch did before `needs_fsdp`
-        mesh = torch.distributed.device_mesh.init_device_mesh("cpu", (1,))
-        prepare_blocks(model.student["backbone"], activation_checkpointing="selective", compile_blocks=False)
-        shard_backbone_and_heads(model.student, mesh, cfg.compute_precision, reshard_after_forward=True,
-                                 heads_reshard_after_forward=False)
-        prepare_blocks(model.teacher["backbone"], activation_checkpointing=None, compile_blocks=False)
-        shard_backbone_and_heads(model.teacher, mesh, cfg.compute_precision, reshard_after_forward=True)
-    else:
-        parallelize_meta_arch(model, cfg, torch.device("cpu"))
+    parallelize_meta_arch(model, cfg, torch.device("cpu"), shard=True if fsdp else None)
     model.train()
     optimizer = build_adamw(model.get_params_groups())
     schedules = build_schedulers(cfg, world_size=1)
@@ -90,7 +81,8 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         plain, plain_losses, plain_student, plain_teacher = _fp32_steps(fsdp=False)
         assert not any(isinstance(m, FSDPModule) for m in plain.modules())
         assert not any(isinstance(p, DTensor) for p in plain.parameters())
-        _, fsdp_losses, fsdp_student, fsdp_teacher = _fp32_steps(fsdp=True)
+        forced, fsdp_losses, fsdp_student, fsdp_teacher = _fp32_steps(fsdp=True)
+        assert isinstance(forced.student.backbone.blocks[0], FSDPModule)
         torch.save({"results": results, "bf16": bf16_loss, "plain": (plain_losses, plain_student, plain_teacher),
                     "fsdp": (fsdp_losses, fsdp_student, fsdp_teacher)}, out)
     finally:
