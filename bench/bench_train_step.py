@@ -14,7 +14,11 @@ dtype, the median step time over `--steps` timed steps after `--warmup` (>= 2) u
   step's multi-crop batch (global crops masked, local crops, as in the step; drop path off so that the
   counted FLOPs are the executed ones), as a fraction of the bf16 matmul rate measured in this process.
 
+- `--compile`: every (recipe, dtype) pair again with train.compile=true (blocks compiled in place; the
+  compilation happens in the warm-up steps and, for the backbone-alone passes, in their 2 warm-up passes).
+
     python bench/bench_train_step.py [--steps 5] [--warmup 3] [--configs tiny vits16] [--dtypes fp32 bf16]
+        [--compile]
 """
 
 from __future__ import annotations
@@ -116,6 +120,7 @@ def run(name: str, dtype: str, steps: int, peaks: dict, device: torch.device = C
         raise ValueError(f"warmup must be >= 2, got {warmup}")
     cfg = load_config(RECIPES[name], [f"runtime.device={device.type}", f"compute_precision.param_dtype={dtype}",
                                       *extra])
+    compiled = bool(cfg.train.compile)
     torch.manual_seed(cfg.train.seed)
     model = SSLMetaArch(cfg)
     model.init_weights()
@@ -143,7 +148,7 @@ def run(name: str, dtype: str, steps: int, peaks: dict, device: torch.device = C
            "in_chans": cfg.student.in_chans, "drop_path_rate": cfg.student.drop_path_rate,
            "clip_grad": cfg.optim.clip_grad, "mask_sample_probability": cfg.ibot.mask_sample_probability,
            "crops": f"2x{cfg.crops.global_crops_size} + {cfg.crops.local_crops_number}x{cfg.crops.local_crops_size}",
-           "prototypes": cfg.dino.head_n_prototypes, "warmup": warmup, "steps": steps,
+           "prototypes": cfg.dino.head_n_prototypes, "compile": compiled, "warmup": warmup, "steps": steps,
            "seconds_per_step": _spread(times), "images_per_second": round(b / seconds, 3),
            "gflops_per_image": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 4),
            "peak_tflops_measured": round(peaks[dtype], 4), "mfu": round(achieved / peaks[dtype], 4),
@@ -161,6 +166,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (>= 2)")
     parser.add_argument("--configs", nargs="+", default=["tiny", "vits16"], choices=list(RECIPES))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="also time each pair with train.compile=true")
     parser.add_argument("--output", default=str(REPO / "bench/results/train_step.json"))
     args = parser.parse_args()
     if args.warmup < 2 or args.steps < 1:
@@ -169,13 +175,15 @@ def main() -> int:
     init_distributed("cpu", "gloo")
     peaks = {"fp32": measured_matmul_tflops(CPU, torch.float32, 1024, 2.0),
              "bf16": measured_matmul_tflops(CPU, torch.bfloat16, 1024, 2.0)}
-    rows = [run(name, dtype, args.steps, peaks, warmup=args.warmup) for name in args.configs for dtype in args.dtypes]
-    print(f"{'recipe':8} {'dtype':5} {'img/s':>8} {'s/step (min-max)':>22} {'GFLOP/img':>10} {'MFU':>6} "
+    rows = [run(name, dtype, args.steps, peaks, warmup=args.warmup, extra=extra)
+            for name in args.configs for dtype in args.dtypes
+            for extra in ([(), ("train.compile=true",)] if args.compile else [()])]
+    print(f"{'recipe':8} {'dtype':5} {'compile':7} {'img/s':>8} {'s/step (min-max)':>22} {'GFLOP/img':>10} {'MFU':>6} "
           f"{'backbone/matmul':>16}")
     for r in rows:
         s = r["seconds_per_step"]
         share = f"{r['backbone_share_of_bf16_matmul']:.1%}" if "backbone_share_of_bf16_matmul" in r else "-"
-        print(f"{r['recipe']:8} {r['param_dtype']:5} {r['images_per_second']:8.2f} "
+        print(f"{r['recipe']:8} {r['param_dtype']:5} {'on' if r['compile'] else 'off':7} {r['images_per_second']:8.2f} "
               f"{s['median']:8.3f} ({s['min']:.3f}-{s['max']:.3f}) {r['gflops_per_image']:10.2f} {r['mfu']:6.1%} "
               f"{share:>16}")
     result = {"benchmark": "train_step", "command": "python bench/bench_train_step.py " + " ".join(sys.argv[1:]),

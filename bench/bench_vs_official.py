@@ -10,7 +10,7 @@ training loop does, runs `--warmup` steps (the first one, iteration 0, gives the
 
     python bench/bench_vs_official.py --official-repo PATH [--configs S-bf16 S-fp32 T]
         [--config OUR_TRAIN.yaml [KEY=VALUE ...]] [--side ours|official|both] [--warmup 2] [--steps 3]
-        [--rounds 2] [--threads N] [--official-compile default|off]
+        [--rounds 2] [--threads N] [--compile on|off]
         [--output bench/results/vs_official.json]
 
 Configs (the same keys are applied to both sides):
@@ -22,7 +22,7 @@ Configs (the same keys are applied to both sides):
             MLP ratio 4) at run time on both sides (our ARCHS table and arch choices; a constructor in the
             official `dinov3.models.vision_transformer` namespace).
     --config  one of our YAML training configs plus dotlist overrides. Every key of our resolved config that
-            the official config also has is set there (train.compile aside, see --official-compile); a key
+            the official config also has is set there (train.compile: see --compile); a key
             given explicitly (in the file or an override) that the official config lacks is an error, except
             our own keys (runtime.*, attention.*, data.*, augment.*, train.log_period,
             train.max_consecutive_nonfinite, train.selfdistill_alarm_iterations, train.fsdp_reshard_after_forward,
@@ -65,10 +65,11 @@ Where the two sides do not do the same work (by design of each code base, not of
     - Drop path: none. Both sides draw the kept samples of each crop size for attention, then for the MLP,
       from the same seed, and run the norms and linear layers over the tokens of all crop sizes together:
       the step-0 losses agree to float rounding (~1e-7 relative) with drop path on.
-    - The official compiles its iBOT Sinkhorn-Knopp module in `iBOTPatchLoss.__init__` whatever train.compile
-      says (so `--official-compile off` still runs one dynamo frame); with train.compile it also compiles
-      every block and every head of student and teacher. Ours compiles only the blocks, and only with
-      train.compile (default false).
+    - `--compile on` (the default, as the official default config) sets train.compile=true on both sides;
+      `--compile off` sets it false on both. With it, the official compiles every block and every head of
+      student and teacher, ours every block of student and teacher (`parallelize_meta_arch`). The official
+      also compiles its iBOT Sinkhorn-Knopp module in `iBOTPatchLoss.__init__` whatever train.compile says
+      (so `--compile off` still runs one dynamo frame there). Compilation happens in the warm-up steps.
     - Ours computes collapse metrics (teacher entropy etc.) in forward_backward and clips all student
       parameters at once; the official clips per submodule (three norms, each read with `.item()`).
     - bf16: our collate keeps fp32 crops (cast by FSDP2 at the patch embedding); the official collate casts
@@ -77,7 +78,7 @@ Where the two sides do not do the same work (by design of each code base, not of
 The report (a table, and JSON at --output): per config and side, the median step time over all timed steps of
 all rounds with min-max, img/s (batch / median), ours/official img/s, peak memory (ru_maxrss; on CUDA also
 max_memory_allocated), the step-0 losses of both sides (flagged when they differ by more than 1e-2 relative),
-whether the official blocks were compiled (dynamo frame counts) and its warm-up seconds.
+whether each side compiled (dynamo frame and graph counts) and the warm-up seconds.
 """
 
 from __future__ import annotations
@@ -144,12 +145,15 @@ def register_bench_arch() -> None:
 
 
 def our_config(spec: dict, device: str):
-    """Our resolved config for `spec` ({"path": yaml or None, "overrides": [...]}) on `device`."""
+    """Our resolved config for `spec` ({"path": yaml or None, "overrides": [...], "compile": bool}) on `device`.
+
+    `spec["compile"]`, where present, sets train.compile (after the file and the overrides)."""
     from dinov3_us.configs import load_config
 
     register_bench_arch()
     backend = "nccl" if device == "cuda" else "gloo"
-    return load_config(spec["path"], [*spec["overrides"], f"runtime.device={device}",
+    compile_ = [f"train.compile={str(spec['compile']).lower()}"] if "compile" in spec else []
+    return load_config(spec["path"], [*spec["overrides"], *compile_, f"runtime.device={device}",
                                       f"runtime.dist_backend={backend}"])
 
 
@@ -184,7 +188,7 @@ def official_values(spec: dict, official_default) -> dict:
             raise UsageError(f"config key {key!r} does not exist in the official config")
     out = {}
     for key, value in flat.items():
-        if _ours_only(key) or key == "train.compile":
+        if _ours_only(key):
             continue
         if key.startswith("schedules.") and (not cfg.schedules.enabled or value is None):
             continue  # the official code tests `"cosine_epochs" in section`: an absent key, not a null
@@ -270,7 +274,17 @@ def run_ours(args, spec: dict, folder: Path) -> dict:
         seconds.append(dt)
         if it == 0:
             losses = {k: float(metrics[k]) for k in LOSS_KEYS}
-    return {"seconds": seconds, "losses": losses, "compile": {"requested": bool(cfg.train.compile)}}
+    return {"seconds": seconds, "losses": losses, "compile": compile_info(bool(cfg.train.compile))}
+
+
+def compile_info(requested: bool) -> dict:
+    """Whether train.compile was set, and what dynamo did in this process (frames compiled, graphs)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    frames = dynamo_utils.counters.get("frames", {})
+    return {"requested": requested, "dynamo_frames_ok": int(frames.get("ok", 0)),
+            "dynamo_frames_total": int(frames.get("total", 0)),
+            "dynamo_unique_graphs": int(dynamo_utils.counters.get("stats", {}).get("unique_graphs", 0))}
 
 
 class _StubMeta(type):
@@ -392,8 +406,6 @@ def run_official(args, spec: dict, folder: Path) -> dict:
     cfg = get_default_config()
     for key, value in official_values(spec, cfg).items():
         OmegaConf.update(cfg, key, value, merge=False, force_add=key.startswith("schedules."))
-    if args.official_compile == "off":
-        cfg.train.compile = False
     apply_scaling_rules_to_cfg(cfg)
     torch.manual_seed(cfg.train.seed)
     with torch.device("meta"):
@@ -437,8 +449,6 @@ def run_official(args, spec: dict, folder: Path) -> dict:
         model.update_ema(mom_s[it])
         return {"total_loss": float(all_ranks.mean())} | {k: float(v) for k, v in zip(metrics, values)}
 
-    import torch._dynamo.utils as dynamo_utils
-
     gc.disable()
     gc.collect()
     torch.manual_seed(0)
@@ -449,11 +459,8 @@ def run_official(args, spec: dict, folder: Path) -> dict:
         if it == 0:
             losses = {k: metrics[k] for k in LOSS_KEYS}
     gc.enable()
-    frames = dynamo_utils.counters.get("frames", {})
-    compile_info = {"requested": bool(cfg.train.compile), "dynamo_frames_ok": int(frames.get("ok", 0)),
-                    "dynamo_frames_total": int(frames.get("total", 0)),
-                    "dynamo_unique_graphs": int(dynamo_utils.counters.get("stats", {}).get("unique_graphs", 0))}
-    return {"seconds": seconds, "losses": losses, "compile": compile_info, "adaptations": adaptations}
+    return {"seconds": seconds, "losses": losses, "compile": compile_info(bool(cfg.train.compile)),
+            "adaptations": adaptations}
 
 
 def worker_main(args) -> int:
@@ -513,7 +520,7 @@ def spawn(args, side: str, spec: dict, folder: Path, repo: Path | None) -> dict:
     """Run `--worker side` in a fresh interpreter and parse its result line."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--spec", json.dumps(spec),
            "--inputs", str(folder), "--warmup", str(args.warmup), "--steps", str(args.steps),
-           "--threads", str(args.threads), "--device", args.device, "--official-compile", args.official_compile,]
+           "--threads", str(args.threads), "--device", args.device]
     if repo is not None:
         cmd += ["--official-repo", str(repo)]
     start = time.perf_counter()
@@ -600,8 +607,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of (ours, official)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads on both sides")
-    parser.add_argument("--official-compile", choices=["default", "off"], default="default",
-                        help="default: the official train.compile (true); off: train.compile=false")
+    parser.add_argument("--compile", choices=["on", "off"], default="on",
+                        help="train.compile on both sides (on: the official default)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=str(REPO / "bench/results/vs_official.json"))
     parser.add_argument("--worker", choices=["ours", "official"], help=argparse.SUPPRESS)
@@ -620,12 +627,14 @@ def main(argv=None) -> int:
         if args.worker:
             return worker_main(args)
         repo = check_official_repo(args.official_repo) if args.side in ("official", "both") else None
-        specs = [(name, {"path": CONFIGS[name][0], "overrides": CONFIGS[name][1]}) for name in args.configs]
+        compile_ = args.compile == "on"
+        specs = [(name, {"path": CONFIGS[name][0], "overrides": CONFIGS[name][1], "compile": compile_})
+                 for name in args.configs]
         if args.config:
             path = Path(args.config[0])
             if not path.is_file():
                 raise UsageError(f"--config {path}: no such file")
-            specs.append((path.stem, {"path": str(path), "overrides": args.config[1:]}))
+            specs.append((path.stem, {"path": str(path), "overrides": args.config[1:], "compile": compile_}))
         if not specs:
             raise UsageError("nothing to run: give --configs and/or --config")
         from dinov3_us.errors import DinoUSError
@@ -669,7 +678,7 @@ def main(argv=None) -> int:
     report = {"benchmark": "vs_official", "command": " ".join([sys.executable, *sys.argv]),
               "torch": torch.__version__, "device": args.device, "cores": os.cpu_count(), "threads": args.threads,
               "official_repo": str(repo) if repo else None, "official_commit": official_commit(repo),
-              "official_compile": args.official_compile,
+              "compile": args.compile,
               "warmup": args.warmup, "steps": args.steps,
               "rounds": args.rounds, "results": rows}
     out = Path(args.output)

@@ -15,6 +15,8 @@ DCP checkpoints load into any number of ranks and back (tests/checkpointer/test_
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import warnings
 from collections.abc import Mapping
 
@@ -54,8 +56,28 @@ def _apply_ac(blocks: nn.ModuleList, full: bool) -> None:
 
 
 def _apply_compile(blocks: nn.ModuleList) -> None:
-    for i, block in enumerate(blocks):
-        blocks[i] = torch.compile(block, dynamic=False)
+    # In place (`nn.Module.compile`, as the official code does): no `_orig_mod.` wrapper, so parameter names,
+    # state-dict keys and checkpoints are those of the eager model.
+    for block in blocks:
+        block.compile(dynamic=False)
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why `train.compile=true` cannot run on `device` here, as a one-line message; None when it can.
+
+    torch.compile's inductor backend generates C++ on CPU (a compiler: $CXX, g++, c++ or clang++ on PATH) and
+    Triton kernels on CUDA. Checked before any work, instead of a traceback at the first step.
+    """
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "train.compile=true on CUDA needs Triton (pip install triton); " \
+                                         "or set train.compile=false"
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else []
+    if any(shutil.which(c) for c in [*candidates, "g++", "c++", "clang++"]):
+        return None
+    return ("train.compile=true on CPU needs a C++ compiler (g++, c++ or clang++ on PATH, or $CXX); "
+            "or set train.compile=false")
 
 
 def mixed_precision_policy(compute_precision: Mapping, output_fp32: bool) -> MixedPrecisionPolicy:

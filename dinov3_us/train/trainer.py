@@ -29,7 +29,7 @@ from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
 from dinov3_us.data.shards import split_specs
 from dinov3_us.distributed import DistInfo, all_gather_object, all_reduce_max, destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError, DinoUSError
-from dinov3_us.fsdp import parallelize_meta_arch
+from dinov3_us.fsdp import compile_problem, parallelize_meta_arch
 from dinov3_us.log import setup_logging
 from dinov3_us.models import load_backbone_weights, vit_kwargs
 from dinov3_us.run_dir import RunDir, training_lock
@@ -67,6 +67,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, allow_config_change: bool = Fa
     flag = PreemptionFlag().install()
     try:
         info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
+        if cfg.train.compile and (problem := compile_problem(info.device)):
+            raise ConfigError(problem)  # before any file is written, not a traceback at the first step
         check_run_config(run, cfg, allow_config_change)
         with contextlib.ExitStack() as stack:
             busy = None

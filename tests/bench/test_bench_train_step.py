@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "bench_train_step.py"
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO_ROOT)
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env=os.environ | (env or {}))
 
 
 def test_tiny_recipe_reports_the_shipped_config_with_finite_numbers(tmp_path):
@@ -29,6 +31,16 @@ def test_tiny_recipe_reports_the_shipped_config_with_finite_numbers(tmp_path):
         assert 0 < spread["min"] <= spread["median"] <= spread["max"]
         assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("images_per_second", "mfu", "gflops_per_image"))
     assert 0 < rows[1]["backbone_share_of_bf16_matmul"] and rows[1]["backbone_gflop"] > 0
+
+
+def test_compile_adds_a_compiled_row_per_pair(tmp_path):
+    out = tmp_path / "train_step.json"
+    proc = _run("--configs", "tiny", "--dtypes", "bf16", "--compile", "--warmup", "2", "--steps", "1",
+                "--output", str(out), env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["param_dtype"], r["compile"]) for r in rows] == [("bf16", False), ("bf16", True)]
+    assert all(math.isfinite(r["images_per_second"]) and r["backbone_share_of_bf16_matmul"] > 0 for r in rows)
 
 
 def test_fewer_than_two_warmup_steps_is_a_usage_error(tmp_path):

@@ -17,8 +17,11 @@ SCRIPT = REPO_ROOT / "bench" / "bench_vs_official.py"
 SHORT = ["--configs", "T", "--warmup", "2", "--steps", "1", "--rounds", "1"]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO_ROOT)
+def _run(*args: str, tmp_path: Path | None = None) -> subprocess.CompletedProcess:
+    """The bench in a subprocess; with `tmp_path`, torch.compile's cache lives there (no folder shared between runs)."""
+    env = os.environ | ({"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")} if tmp_path else {})
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env=env)
 
 
 @pytest.mark.parametrize("make_repo", ["missing", "not_dinov3"])
@@ -41,8 +44,9 @@ def test_official_side_without_repo_is_a_one_line_error(tmp_path):
 
 
 def test_ours_alone_writes_finite_positive_numbers(tmp_path):
+    """Our side alone, with the default --compile on: our blocks really went through dynamo."""
     out = tmp_path / "vs_official.json"
-    proc = _run("--side", "ours", *SHORT, "--threads", "1", "--output", str(out))
+    proc = _run("--side", "ours", *SHORT, "--threads", "1", "--output", str(out), tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     (row,) = report["results"]
@@ -52,7 +56,8 @@ def test_ours_alone_writes_finite_positive_numbers(tmp_path):
                *side["timed_steps"], *side["step0_losses"].values()]
     assert len(side["timed_steps"]) == 1
     assert all(math.isfinite(x) and x > 0 for x in numbers)
-    assert report["official_commit"] == "unknown" and report["threads"] == 1
+    assert report["official_commit"] == "unknown" and report["threads"] == 1 and report["compile"] == "on"
+    assert side["compile"]["requested"] and side["compile"]["dynamo_frames_ok"] > 0
 
 
 def test_config_file_and_overrides(tmp_path):
@@ -61,11 +66,13 @@ def test_config_file_and_overrides(tmp_path):
                       "  local_crops_size: 16\n  local_crops_number: 2\ntrain:\n  batch_size_per_gpu: 4\n")
     out = tmp_path / "vs_official.json"
     proc = _run("--side", "ours", "--configs", "--config", str(config), "dino.head_n_prototypes=256",
-                "ibot.head_n_prototypes=256", "--warmup", "2", "--steps", "1", "--rounds", "1", "--output", str(out))
+                "ibot.head_n_prototypes=256", "--warmup", "2", "--steps", "1", "--rounds", "1", "--compile", "off",
+                "--output", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (row,) = json.loads(out.read_text())["results"]
     assert row["config"] == "t" and row["batch_size"] == 4
     assert row["spec"]["overrides"] == ["dino.head_n_prototypes=256", "ibot.head_n_prototypes=256"]
+    assert not row["sides"]["ours"]["compile"]["requested"] and row["sides"]["ours"]["compile"]["dynamo_frames_ok"] == 0
     bad = _run("--side", "ours", "--configs", "--config", str(config), "train.no_such_key=1", "--output", str(out))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no_such_key" in bad.stderr
 
@@ -75,7 +82,7 @@ def test_both_sides_agree_at_step_0(tmp_path):
     if not repo:
         pytest.skip("set DINOV3_OFFICIAL_REPO to a facebookresearch/dinov3 checkout to run the official side")
     out = tmp_path / "vs_official.json"
-    proc = _run("--official-repo", repo, "--side", "both", *SHORT, "--official-compile", "off",
+    proc = _run("--official-repo", repo, "--side", "both", *SHORT, "--compile", "off",
                 "--output", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (row,) = json.loads(out.read_text())["results"]

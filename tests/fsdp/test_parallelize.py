@@ -1,7 +1,9 @@
 """parallelize_meta_arch: AC (full / selective) gives the same step as no AC; bf16 policy runs; teacher reshards;
-one rank in fp32 keeps plain modules, whose steps equal FSDP2's on one rank."""
+one rank in fp32 keeps plain modules, whose steps equal FSDP2's on one rank; train.compile compiles the blocks in
+place (same parameter names) and steps as eager does."""
 
 import datetime
+import os
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,29 @@ def _fp32_steps(fsdp: bool):
     return model, losses, full_state_dict(model.student), full_state_dict(model.teacher)
 
 
+def _compiled_steps(compiled: bool):
+    """Three fp32 steps under FSDP2 (forced at one rank) with selective AC and drop path, blocks compiled or not.
+
+    fp32, so that compiled and eager differ by float rounding only (in bf16, inductor's fused kernels round once
+    where eager rounds after every op: ~1e-4 apart)."""
+    cfg = load_config(TINY, ["student.drop_path_rate=0.2", "student.layerscale=0.1", "train.checkpointing=true",
+                             "compute_precision.param_dtype=fp32", f"train.compile={str(compiled).lower()}"])
+    torch.manual_seed(0)
+    model = SSLMetaArch(cfg)
+    model.init_weights()
+    parallelize_meta_arch(model, cfg, torch.device("cpu"), shard=True)
+    model.train()
+    optimizer = build_adamw(model.get_params_groups())
+    schedules = build_schedulers(cfg, world_size=1)
+    torch.manual_seed(1)
+    losses = [train_step(model, optimizer, _batch(cfg), schedules, it, clip_grad=cfg.optim.clip_grad)["total_loss"]
+              for it in range(3)]
+    blocks = [*model.student.backbone.blocks, *model.teacher.backbone.blocks]
+    return {"losses": losses, "names": list(model.state_dict()), "student": full_state_dict(model.student),
+            "compiled_blocks": sum(getattr(b, "_compiled_call_impl", None) is not None for b in blocks),
+            "n_blocks": len(blocks)}
+
+
 def _worker(rank: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=60))
@@ -83,8 +108,15 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         assert not any(isinstance(p, DTensor) for p in plain.parameters())
         forced, fsdp_losses, fsdp_student, fsdp_teacher = _fp32_steps(fsdp=True)
         assert isinstance(forced.student.backbone.blocks[0], FSDPModule)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(out).parent / "inductor")  # this test's own cache
+        import torch._dynamo.utils as dynamo_utils
+
+        eager = _compiled_steps(False)
+        dynamo_utils.counters.clear()
+        compiled = _compiled_steps(True)
+        compiled["dynamo_graphs"] = int(dynamo_utils.counters["stats"].get("unique_graphs", 0))
         torch.save({"results": results, "bf16": bf16_loss, "plain": (plain_losses, plain_student, plain_teacher),
-                    "fsdp": (fsdp_losses, fsdp_student, fsdp_teacher)}, out)
+                    "fsdp": (fsdp_losses, fsdp_student, fsdp_teacher), "eager": eager, "compiled": compiled}, out)
     finally:
         dist.destroy_process_group()
 
@@ -122,6 +154,21 @@ def test_one_rank_fp32_plain_modules_equal_fsdp2(saved):
         assert plain.keys() == fsdp.keys()
         for key, value in fsdp.items():
             torch.testing.assert_close(plain[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_compile_blocks_in_place_steps_as_eager(saved):
+    """train.compile: every student and teacher block is compiled in place (parameter names, hence checkpoint keys,
+    are the eager model's: no `_orig_mod.`), dynamo really produced graphs, and three steps under FSDP2 with
+    selective AC and drop path (the same samples dropped) give the eager losses and weights to float rounding."""
+    eager, compiled = saved["eager"], saved["compiled"]
+    assert compiled["compiled_blocks"] == compiled["n_blocks"] > 0 and eager["compiled_blocks"] == 0
+    assert compiled["dynamo_graphs"] >= 2  # the student's training graph and the teacher's no-grad one
+    assert compiled["names"] == eager["names"] and not any("_orig_mod" in n for n in compiled["names"])
+    assert compiled["losses"] == pytest.approx(eager["losses"], rel=1e-5)
+    assert compiled["student"].keys() == eager["student"].keys()
+    for key, value in eager["student"].items():  # 1e-6 apart here after three AdamW steps
+        torch.testing.assert_close(compiled["student"][key], value, rtol=1e-4, atol=2e-5, msg=key)
 
 
 def test_needs_fsdp():

@@ -99,6 +99,15 @@ def test_a_preemption_signal_during_start_up_exits_for_requeue(tmp_path, phantom
     assert "stopped after" in (out / "log.txt").read_text()
 
 
+def test_compile_without_a_cpp_compiler_is_one_line_before_any_file(tmp_path, phantom_shards):
+    """train.compile on CPU needs a C++ compiler: where none is on PATH, one error line and no run folder."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "CXX"} | {"PATH": str(tmp_path / "empty-bin")}
+    line = one_error_line(train(out, phantom_shards, "train.compile=true", env=env))
+    assert "train.compile" in line and "C++ compiler" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_files_respect_the_umask(tmp_path, phantom_shards):
     out = tmp_path / "run"
     proc = train(out, phantom_shards, "evaluation.eval_period_iterations=2", preexec_fn=lambda: os.umask(0o027))
