@@ -121,6 +121,7 @@ def run(name: str, dtype: str, steps: int, peaks: dict, device: torch.device = C
     cfg = load_config(RECIPES[name], [f"runtime.device={device.type}", f"compute_precision.param_dtype={dtype}",
                                       *extra])
     compiled = bool(cfg.train.compile)
+    torch._dynamo.reset()  # each row compiles afresh: rows share Block.forward, and its recompile limit is 8
     torch.manual_seed(cfg.train.seed)
     model = SSLMetaArch(cfg)
     model.init_weights()

@@ -53,31 +53,42 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return names
 
 
-class _MatmulAttention(torch.autograd.Function):
-    """Attention with matmuls; the backward recomputes the probabilities (nothing [N, N] is kept)."""
+def _attention_probs(q: Tensor, k: Tensor, scale: float) -> Tensor:  # [B, heads, N, M], float32 or wider
+    scores = torch.matmul(q, k.transpose(-2, -1))  # [B, heads, N, M], the inputs' dtype
+    return torch.softmax(scores.to(torch.promote_types(q.dtype, torch.float32)).mul_(scale), dim=-1)
 
-    @staticmethod
-    def _probs(q: Tensor, k: Tensor, scale: float) -> Tensor:  # [B, heads, N, M], float32 or wider
-        scores = torch.matmul(q, k.transpose(-2, -1))  # [B, heads, N, M], the inputs' dtype
-        return torch.softmax(scores.to(torch.promote_types(q.dtype, torch.float32)).mul_(scale), dim=-1)
 
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        scale = q.shape[-1] ** -0.5
-        out = torch.matmul(_MatmulAttention._probs(q, k, scale).to(q.dtype), v)  # [B, heads, N, D_head]
-        ctx.scale = scale
-        ctx.save_for_backward(q, k, v, out)
-        return out
+@torch.library.custom_op("dinov3_us::matmul_attention", mutates_args=())
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention with matmuls; the backward recomputes the probabilities (nothing [N, N] is kept).
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        q, k, v, out = ctx.saved_tensors
-        probs = _MatmulAttention._probs(q, k, ctx.scale)  # [B, heads, N, M]
-        grad_v = torch.matmul(probs.to(q.dtype).transpose(-2, -1), grad_out)
-        grad_probs = torch.matmul(grad_out, v.transpose(-2, -1)).to(probs.dtype)  # [B, heads, N, M]
-        row = (grad_out.to(probs.dtype) * out.to(probs.dtype)).sum(-1, keepdim=True)  # sum_m p * dp, [.., N, 1]
-        grad_scores = probs.mul_(grad_probs.sub_(row)).mul_(ctx.scale).to(q.dtype)  # softmax backward, scaled
-        return torch.matmul(grad_scores, k), torch.matmul(grad_scores.transpose(-2, -1), q), grad_v
+    A custom op, so that torch.compile keeps it whole: traced inline, the forward's probabilities would be
+    shared with the backward's recomputation and kept after all ([B, heads, N, N] per block).
+    """
+    return torch.matmul(_attention_probs(q, k, q.shape[-1] ** -0.5).to(q.dtype), v)  # [B, heads, N, D_head]
+
+
+@matmul_attention.register_fake
+def _matmul_attention_fake(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+def _matmul_attention_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs, output)
+
+
+def _matmul_attention_backward(ctx, grad_out: Tensor):
+    q, k, v, out = ctx.saved_tensors
+    scale = q.shape[-1] ** -0.5
+    probs = _attention_probs(q, k, scale)  # [B, heads, N, M]
+    grad_v = torch.matmul(probs.to(q.dtype).transpose(-2, -1), grad_out)
+    grad_probs = torch.matmul(grad_out, v.transpose(-2, -1)).to(probs.dtype)  # [B, heads, N, M]
+    row = (grad_out.to(probs.dtype) * out.to(probs.dtype)).sum(-1, keepdim=True)  # sum_m p * dp, [.., N, 1]
+    grad_scores = probs.mul_(grad_probs.sub_(row)).mul_(scale).to(q.dtype)  # softmax backward, scaled
+    return torch.matmul(grad_scores, k), torch.matmul(grad_scores.transpose(-2, -1), q), grad_v
+
+
+matmul_attention.register_autograd(_matmul_attention_backward, setup_context=_matmul_attention_setup)
 
 
 def resolve_backend(backend: str, q: Tensor) -> str:
@@ -97,7 +108,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, backend: str =
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
     if backend == "matmul":
-        return _MatmulAttention.apply(q, k, v)
+        return matmul_attention(q, k, v)
     if not xformers_usable(q):
         raise ConfigError(
             f"attention.backend=xformers, but xformers cannot run here (tensor on {q.device}, "

@@ -9,41 +9,52 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class _GeluLinear(torch.autograd.Function):
+@torch.library.custom_op("dinov3_us::gelu_linear", mutates_args=())
+def gelu_linear(h: Tensor, weight: Tensor, bias: Tensor | None, approximate: str) -> Tensor:
     """fc2(gelu(h)) that keeps h for the backward and recomputes gelu(h) there, instead of keeping both.
 
     The same operations as autograd's (gelu, then linear; gelu_backward, mm for the weight and the input),
     so values and gradients are those of the unfused layers; it saves one [tokens, hidden] activation per
-    block (a third of the MLP's).
+    block (a third of the MLP's). A custom op, so that torch.compile keeps it whole: traced inline, its
+    forward's gelu(h) would be shared with the backward's recomputation and kept after all.
     """
+    return F.linear(F.gelu(h, approximate=approximate), weight, bias)
 
-    @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, approximate: str) -> Tensor:
-        ctx.approximate, ctx.has_bias = approximate, bias is not None
-        ctx.save_for_backward(h, weight)
-        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        h, weight = ctx.saved_tensors
-        grad_h = grad_w = grad_b = None
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [tokens, out]
-        if ctx.needs_input_grad[1]:
-            act = F.gelu(h, approximate=ctx.approximate)  # recomputed: the forward's values
-            grad_w = g2.t().mm(act.reshape(-1, act.shape[-1]))  # [out, hidden]
-            del act
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight), h, approximate=ctx.approximate)
-        return grad_h, grad_w, grad_b, None
+@gelu_linear.register_fake
+def _gelu_linear_fake(h: Tensor, weight: Tensor, bias: Tensor | None, approximate: str) -> Tensor:
+    return h.new_empty((*h.shape[:-1], weight.shape[0]), dtype=torch.promote_types(h.dtype, weight.dtype))
+
+
+def _gelu_linear_setup(ctx, inputs, output) -> None:
+    h, weight, bias, approximate = inputs
+    ctx.approximate, ctx.has_bias = approximate, bias is not None
+    ctx.save_for_backward(h, weight)
+
+
+def _gelu_linear_backward(ctx, grad_out: Tensor):
+    h, weight = ctx.saved_tensors
+    grad_h = grad_w = grad_b = None
+    g2 = grad_out.reshape(-1, grad_out.shape[-1])  # [tokens, out]
+    if ctx.needs_input_grad[1]:
+        act = F.gelu(h, approximate=ctx.approximate)  # recomputed: the forward's values
+        grad_w = g2.t().mm(act.reshape(-1, act.shape[-1]))  # [out, hidden]
+        del act
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = g2.sum(0)
+    if ctx.needs_input_grad[0]:
+        grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight), h, approximate=ctx.approximate)
+    return grad_h, grad_w, grad_b, None
+
+
+gelu_linear.register_autograd(_gelu_linear_backward, setup_context=_gelu_linear_setup)
 
 
 class Mlp(nn.Module):
     """fc1 -> activation -> dropout -> fc2 -> dropout.
 
     With a GELU activation and no dropout (the DINOv3 block), training recomputes gelu(fc1(x)) in the
-    backward instead of keeping it (`_GeluLinear`): the same values and gradients in less memory.
+    backward instead of keeping it (`gelu_linear`): the same values and gradients in less memory.
     """
 
     def __init__(
@@ -66,7 +77,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # [..., in] -> [..., out]
         if type(self.act) is nn.GELU and self.drop.p == 0 and torch.is_grad_enabled():
-            return _GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias, self.act.approximate)
+            return gelu_linear(self.fc1(x), self.fc2.weight, self.fc2.bias, self.act.approximate)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
