@@ -50,39 +50,35 @@ def _step(overrides):
     return model, float(loss), grads, teacher_params
 
 
-def _fp32_steps(fsdp: bool):
-    """Three full steps (AdamW, clipping, EMA) at fp32 on one rank: plain modules, or FSDP2 forced on."""
-    cfg = load_config(TINY, BASE + ["compute_precision.param_dtype=fp32", "train.checkpointing=true"])
+def _three_steps(overrides: list[str], shard: bool | None):
+    """Three full fp32 steps (AdamW, clipping, selective AC, EMA) on one rank; `shard` as `parallelize_meta_arch`'s."""
+    cfg = load_config(TINY, ["compute_precision.param_dtype=fp32", "train.checkpointing=true", *overrides])
     torch.manual_seed(0)
     model = SSLMetaArch(cfg)
     model.init_weights()
-    parallelize_meta_arch(model, cfg, torch.device("cpu"), shard=True if fsdp else None)
+    parallelize_meta_arch(model, cfg, torch.device("cpu"), shard=shard)
     model.train()
     optimizer = build_adamw(model.get_params_groups())
     schedules = build_schedulers(cfg, world_size=1)
     torch.manual_seed(1)
     losses = [train_step(model, optimizer, _batch(cfg), schedules, it, clip_grad=cfg.optim.clip_grad)["total_loss"]
               for it in range(3)]
+    return model, losses
+
+
+def _fp32_steps(fsdp: bool):
+    """Plain modules (one rank, fp32), or FSDP2 forced on."""
+    model, losses = _three_steps(BASE, shard=True if fsdp else None)
     return model, losses, full_state_dict(model.student), full_state_dict(model.teacher)
 
 
 def _compiled_steps(compiled: bool):
-    """Three fp32 steps under FSDP2 (forced at one rank) with selective AC and drop path, blocks compiled or not.
+    """Under FSDP2 (forced at one rank) with drop path, blocks compiled or not.
 
     fp32, so that compiled and eager differ by float rounding only (in bf16, inductor's fused kernels round once
     where eager rounds after every op: ~1e-4 apart)."""
-    cfg = load_config(TINY, ["student.drop_path_rate=0.2", "student.layerscale=0.1", "train.checkpointing=true",
-                             "compute_precision.param_dtype=fp32", f"train.compile={str(compiled).lower()}"])
-    torch.manual_seed(0)
-    model = SSLMetaArch(cfg)
-    model.init_weights()
-    parallelize_meta_arch(model, cfg, torch.device("cpu"), shard=True)
-    model.train()
-    optimizer = build_adamw(model.get_params_groups())
-    schedules = build_schedulers(cfg, world_size=1)
-    torch.manual_seed(1)
-    losses = [train_step(model, optimizer, _batch(cfg), schedules, it, clip_grad=cfg.optim.clip_grad)["total_loss"]
-              for it in range(3)]
+    model, losses = _three_steps(["student.drop_path_rate=0.2", "student.layerscale=0.1",
+                                  f"train.compile={str(compiled).lower()}"], shard=True)
     blocks = [*model.student.backbone.blocks, *model.teacher.backbone.blocks]
     return {"losses": losses, "names": list(model.state_dict()), "student": full_state_dict(model.student),
             "compiled_blocks": sum(getattr(b, "_compiled_call_impl", None) is not None for b in blocks),
