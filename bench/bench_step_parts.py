@@ -9,6 +9,9 @@
   (DTensor, a process group of one) with its parameter groups, as in training: the fused kernel
   (`build_adamw`) vs torch's default on this device (the for-loop on CPU, which pays DTensor dispatch per
   parameter and per operation).
+- Drop path's gather of the kept samples, forward + backward, on ViT-S/16's global-crop tokens [16, 201, 384]
+  keeping 11 (drop path 0.3): `x.index_select(0, idx)` (ours, `SelfAttentionBlock`; its backward is an
+  index_add) vs `x[idx]` (the official; its backward is an accumulating index_put). ViT-S runs 24 per step.
 Interleaved repeats in one process, median of the fastest half; also the largest difference of the results.
 
     python bench/bench_step_parts.py [--rows 507] [--prototypes 65536] [--repeats 5] [--arch vit_small]
@@ -71,7 +74,7 @@ def _interleaved(fns: dict, repeats: int) -> dict:
 
 
 def main() -> int:
-    """Time the three parts, print, write JSON."""
+    """Time the parts, print, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=507, help="masked patches (iBOT rows)")
     parser.add_argument("--prototypes", type=int, default=65536)
@@ -104,6 +107,25 @@ def main() -> int:
                              "ours": lambda: fwd_bwd(soft_cross_entropy)}, args.repeats)
         diff = float((fwd_bwd(official_cross_entropy).float() - fwd_bwd(soft_cross_entropy).float()).abs().max())
         results[f"soft_cross_entropy_fwd_bwd_{str(dtype)[6:]}"] = {"seconds": secs, "max_abs_grad_diff": diff}
+
+        tokens = torch.randn(16, 201, 384, generator=gen).to(dtype)  # [2B, N, D] global-crop tokens
+        kept = torch.randperm(16, generator=gen)[:11]
+
+        def gather_fwd_bwd(fn, x=tokens, idx=kept):
+            x = x.clone().requires_grad_(True)
+            fn(x, idx).float().square().sum().backward()
+            return x.grad
+
+        def index_select(x, idx):
+            return x.index_select(0, idx)
+
+        def indexing(x, idx):
+            return x[idx]
+
+        secs = _interleaved({"official_indexing": lambda: gather_fwd_bwd(indexing),
+                             "ours_index_select": lambda: gather_fwd_bwd(index_select)}, args.repeats)
+        diff = float((gather_fwd_bwd(indexing).float() - gather_fwd_bwd(index_select).float()).abs().max())
+        results[f"drop_path_gather_fwd_bwd_{str(dtype)[6:]}"] = {"seconds": secs, "max_abs_grad_diff": diff}
 
     init_distributed("cpu", "gloo")
     cfg = load_config(None, [f"student.arch={args.arch}", "student.n_storage_tokens=4", "runtime.device=cpu",

@@ -23,11 +23,14 @@ def test_step_parts_agree_with_the_official_formulas(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"sinkhorn_knopp_float32", "sinkhorn_knopp_bfloat16", "soft_cross_entropy_fwd_bwd_float32",
-                            "soft_cross_entropy_fwd_bwd_bfloat16", "adamw_step"}
+                            "soft_cross_entropy_fwd_bwd_bfloat16", "drop_path_gather_fwd_bwd_float32",
+                            "drop_path_gather_fwd_bwd_bfloat16", "adamw_step"}
     for name, row in results.items():
         assert all(math.isfinite(s) and s > 0 for s in row["seconds"].values()), name
     assert results["sinkhorn_knopp_float32"]["max_abs_diff"] < 1e-5
     assert results["soft_cross_entropy_fwd_bwd_float32"]["max_abs_grad_diff"] < 1e-5
+    for dtype in ("float32", "bfloat16"):  # the same rows gathered: the same gradients, bit for bit
+        assert results[f"drop_path_gather_fwd_bwd_{dtype}"]["max_abs_grad_diff"] == 0
     assert _run("bench_step_parts.py", "--repeats", "0", "--output", str(out)).returncode == 2
 
 
