@@ -1,4 +1,6 @@
-"""Process-group setup from torchrun, SLURM (srun) or a plain single process; device and backend from config.
+"""Process-group setup from torchrun, SLURM (srun), the launchers or a plain single process; device and backend.
+
+How the ranks meet (the port, a dead sibling) is `dinov3_us.rendezvous`'s.
 
 One code path everywhere: a single process still gets a process group (world size 1), so FSDP2 and
 the losses' collectives run the same way on a laptop, in CI (gloo, CPU) and on a cluster (NCCL, CUDA).
@@ -12,14 +14,17 @@ import gc
 import logging
 import os
 import re
-import socket
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.distributed_c10d import _set_pg_timeout
 
 from dinov3_us.errors import ConfigError
+from dinov3_us.rendezvous import FOLDER as RDZV_FOLDER
+from dinov3_us.rendezvous import FileRendezvous, RendezvousError, fixed_port, job_key, port_taken_message
 
 logger = logging.getLogger("dinov3_us")
 
@@ -33,6 +38,7 @@ class DistInfo:
     local_rank: int
     device: torch.device
     backend: str
+    rendezvous: str = "initialised before"  # how the ranks met (for the run's log)
 
     @property
     def is_main(self) -> bool:
@@ -60,12 +66,6 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def first_slurm_host(nodelist: str) -> str:
     """First host name of a SLURM node list (`n[1-3,5]` -> `n1`), via scontrol where available."""
     try:
@@ -81,35 +81,83 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def _env_from_slurm() -> None:
-    """Fill RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* from SLURM_* when launched by srun without torchrun."""
+    """Fill RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR from SLURM_* when launched by srun without torchrun.
+
+    MASTER_PORT is left alone: an explicit one wins, else the ranks rendezvous on a port of the kernel's
+    choosing (`dinov3_us.rendezvous`).
+    """
     env = os.environ
     env.setdefault("RANK", env["SLURM_PROCID"])
     env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
     env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
     env.setdefault("MASTER_ADDR", first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
-    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
 
 
-def init_distributed(device_name: str = "auto", backend_name: str = "auto", timeout_min: int = 30) -> DistInfo:
-    """Initialise the default process group (idempotent) and return this process's `DistInfo`."""
+def init_distributed(device_name: str = "auto", backend_name: str = "auto", timeout_min: int = 30, *,
+                     rendezvous_dir: str | os.PathLike | None = None, start_timeout_s: float = 300) -> DistInfo:
+    """Initialise the default process group (idempotent) and return this process's `DistInfo`.
+
+    How the ranks meet is `dinov3_us.rendezvous`'s (an explicit MASTER_PORT wins; one process needs no
+    port; otherwise rank 0 publishes a kernel-chosen port in `rendezvous_dir/.rendezvous/`, the run
+    folder every rank shares). `start_timeout_s` bounds the wait for a sibling that never arrives;
+    `timeout_min` is the collectives' timeout once the group has formed.
+
+    Raises:
+        RendezvousError: a sibling failed or never came, or an explicit MASTER_PORT is taken (one line).
+        ConfigError: the device or backend cannot be used here.
+    """
     env = os.environ
     if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         _env_from_slurm()
     if "RANK" not in env:  # a plain single process
-        env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"})
-        env.setdefault("MASTER_PORT", str(_free_port()))
-    local_rank = int(env.get("LOCAL_RANK", "0"))
+        env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+        env.setdefault("MASTER_ADDR", "127.0.0.1")  # used only with an explicit MASTER_PORT
+    rank, world_size, local_rank = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     backend = resolve_backend(backend_name, device)
+    how = DistInfo.rendezvous
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_min),
-                                device_id=device if device.type == "cuda" else None)
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
-    logger.info("process group: rank %d / %d, device %s, backend %s", info.rank, info.world_size, device, backend)
+        how = _form_group(backend, device, rank, world_size, rendezvous_dir, start_timeout_s)
+        _set_pg_timeout(datetime.timedelta(minutes=timeout_min))  # the start-up bound is not the collectives'
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend, how)
+    logger.info("process group: rank %d / %d, device %s, backend %s, rendezvous %s", info.rank, info.world_size,
+                device, backend, how)
     return info
+
+
+def _form_group(backend: str, device: torch.device, rank: int, world_size: int,
+                rendezvous_dir: str | os.PathLike | None, start_timeout_s: float) -> str:
+    """`init_process_group` through the first rendezvous of `dinov3_us.rendezvous` that applies; which, in words."""
+    env = os.environ
+    kwargs = {"backend": backend, "rank": rank, "world_size": world_size,
+              "timeout": datetime.timedelta(seconds=start_timeout_s),
+              "device_id": device if device.type == "cuda" else None}
+    key = job_key()
+    if "MASTER_PORT" not in env and world_size > 1 and (rendezvous_dir is None or key is None):
+        if "MASTER_ADDR" not in env:
+            raise ConfigError(f"RANK={rank} and WORLD_SIZE={world_size} are set but MASTER_ADDR and MASTER_PORT are "
+                              "not: start the ranks with torchrun, srun or the launchers, or set both")
+        env["MASTER_PORT"] = str(fixed_port(int(env.get("SLURM_JOB_ID", "0") or 0)))
+    if "MASTER_PORT" in env:  # torchrun's, the user's, or the fixed one above
+        try:
+            dist.init_process_group(init_method="env://", **kwargs)
+        except RuntimeError as err:  # DistNetworkError: the port is held by another process
+            if (message := port_taken_message(env["MASTER_PORT"], err)) is None:
+                raise
+            raise RendezvousError(message) from None
+        return f"{env['MASTER_ADDR']}:{env['MASTER_PORT']} (MASTER_PORT)"
+    if world_size == 1:
+        dist.init_process_group(store=dist.HashStore(), **kwargs)
+        return "none (one process)"
+    rdzv = FileRendezvous(Path(rendezvous_dir) / RDZV_FOLDER / key, rank, world_size,
+                          env.get("MASTER_ADDR", "127.0.0.1"), start_timeout_s)
+    store = rdzv.store()
+    dist.init_process_group(store=store, **kwargs)
+    rdzv.close()
+    return f"{rdzv.address}:{store.port} (a port of the kernel's choosing, published by rank 0 in {rdzv.folder})"
 
 
 def destroy_distributed() -> None:

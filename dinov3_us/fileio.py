@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dinov3_us.errors import ConfigError
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename or a new entry in folder `path` durable (best effort: some filesystems refuse)."""
@@ -44,6 +46,42 @@ def temp_path(path: str | os.PathLike) -> Path:
     """A fresh temporary name beside `path` (hidden, unique per process and call, ends in `.tmp`)."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str, *, create: bool = True) -> Path:
+    """Create folder `path` (with its parents) and check that a file can be written in it; return it.
+
+    Every stage calls it before any work, so that a read-only file system, missing permissions or a
+    file in the way is one line, not a traceback after minutes of work. With `create=False` (a launcher
+    planning, a dry run) nothing is created: the nearest existing folder must allow writing.
+
+    Raises:
+        ConfigError: naming `what` (the option that gave the path, e.g. "--output-dir"), the path and why.
+    """
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, not a folder")
+    if not create:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            reason = "read-only file system" if _read_only(existing) else "permission denied"
+            raise ConfigError(f"{what} {path}: cannot write there ({reason} at {existing})")
+        return path
+    probe = temp_path(path / ".write-test")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{what} {path}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """What both launchers share: command-line options, cluster detection, partition GPUs and submitit executors.
 
 `--cluster auto` (the default) submits to SLURM when `srun` is on PATH and runs the same chain locally
-(submitit's LocalExecutor, one process per task) when it is not; `slurm`, `local` and `debug` (in
+(`launchers.local_controller`, one process per task) when it is not; `slurm`, `local` and `debug` (in
 this process, for a debugger) force one. A `--dry-run` prints every job's SLURM options as `#SBATCH`
 lines and the command submitit's job runs (submitit adds its own log and open-mode lines).
 """
@@ -237,7 +237,9 @@ def make_executor(cluster: str, folder: Path, name: str, res: Resources, opts: C
         executor = submitit.SlurmExecutor(folder, max_num_timeout=opts.max_num_timeout)
         executor.update_parameters(**slurm_parameters(name, res, opts, dependency))
     elif cluster == "local":
-        executor = submitit.LocalExecutor(folder)
+        from launchers.local_controller import LocalExecutor
+
+        executor = LocalExecutor(folder)  # a failed task ends its siblings; nothing outlives the launcher
         executor.update_parameters(timeout_min=res.timeout_min, tasks_per_node=res.tasks_per_node,
                                    gpus_per_node=res.gpus_per_node)
     elif cluster == "debug":

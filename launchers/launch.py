@@ -3,8 +3,8 @@
 SLURM: every job is submitted at once, dependents with `--dependency=afterok:<parent>` and
 `--kill-on-invalid-dep=yes`; the launcher prints ids, logs, the output layout and how to watch, and
 follows the jobs with `--wait`. Local / debug: the jobs run one after the other in the foreground
-(submitit's LocalExecutor: one process per task; DebugExecutor: in this process); a failure cancels
-the rest. Both write `OUT/jobs.json`.
+(`launchers.local_controller`: one process per task, a failed task ends its siblings, nothing outlives
+the launcher; DebugExecutor: in this process); a failure cancels the rest. Both write `OUT/jobs.json`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from launchers.jobs import (
     summary_table,
     watch,
 )
+from launchers.local_controller import LocalJob, job_failure, stop_job
 from launchers.plan import JobSpec
 from launchers.stages import write_report
 
@@ -208,17 +209,34 @@ def submit_slurm(launch: Launch, wait: bool, poll_s: float) -> int:
 
 def _follow_pretraining(job, jobs_file: JobsFile, poll_s: float = 10.0) -> None:
     """Print the pretraining's progress line (iteration, rate, ETA, alarm) while the local job runs."""
-    last = None
+    last, next_print = None, time.monotonic() + poll_s
     while not job.done():
-        time.sleep(poll_s)
+        time.sleep(0.5)  # notice the job's end at once; print progress every poll_s
+        if time.monotonic() < next_print:
+            continue
+        next_print = time.monotonic() + poll_s
         line = pretrain_progress(jobs_file.read())
         if line and line != last:
             print(f"[{time.strftime('%H:%M:%S')}] pretrain: {line}", flush=True)
             last = line
 
 
+def _job_error(job, err: Exception) -> str:
+    """One line for a failed job: its stage's error, and (local jobs) which task failed and how."""
+    text = str(err).strip()
+    error = text.splitlines()[-1] if text else repr(err)
+    reason = job_failure(job) if isinstance(job, LocalJob) else None
+    if reason and "has not produced any output" in text:  # the task died without a word (a signal, the OOM killer)
+        return reason
+    return f"{error} ({reason})" if reason else error
+
+
 def run_local(launch: Launch) -> int:
-    """Run the chain here, job after job (local: subprocesses; debug: this process)."""
+    """Run the chain here, job after job (local: subprocesses; debug: this process).
+
+    Nothing outlives the launcher: a job still running when it stops (an error, Ctrl-C) is ended whole
+    (`stop_job`), and a killed launcher ends its jobs through their controllers (`launchers.local_controller`).
+    """
     make_importable()
     _start_jobs_file(launch)
     for note in launch.notes:
@@ -236,21 +254,28 @@ def run_local(launch: Launch) -> int:
                                  launch.options)
         start = time.monotonic()
         job = executor.submit(spec.task)
-        _set_submitted(launch, spec.name, job, "RUNNING")
-        print(f"[{time.strftime('%H:%M:%S')}] {spec.name}: {spec.resources.tasks_per_node} process(es), "
-              f"log {job.paths.stdout}", flush=True)
         try:
-            if launch.cluster == "local" and spec.kind == "pretrain":
-                _follow_pretraining(job, jf)
-            job.results()
-            state, error = "COMPLETED", None
-        except KeyboardInterrupt:
-            job.cancel(check=False)
-            jf.update_job(spec.name, state="CANCELLED", note="interrupted (Ctrl-C)", ended=now())
-            print(f"\n{spec.name} interrupted; launch again with --resume to continue", file=sys.stderr)
-            return 130
-        except Exception as err:  # noqa: BLE001 - the job's own failure, reported below
-            state, error = "FAILED", str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            _set_submitted(launch, spec.name, job, "RUNNING")
+            print(f"[{time.strftime('%H:%M:%S')}] {spec.name}: {spec.resources.tasks_per_node} process(es), "
+                  f"log {job.paths.stdout}", flush=True)
+            try:
+                if launch.cluster == "local" and spec.kind == "pretrain":
+                    _follow_pretraining(job, jf)
+                job.results()
+                state, error = "COMPLETED", None
+            except KeyboardInterrupt:
+                print(f"\n{spec.name} interrupted: stopping it (its processes checkpoint and exit)", file=sys.stderr,
+                      flush=True)
+                if isinstance(job, LocalJob):
+                    stop_job(job)
+                jf.update_job(spec.name, state="CANCELLED", note="interrupted (Ctrl-C)", ended=now())
+                print(f"{spec.name} stopped; launch again with --resume to continue", file=sys.stderr)
+                return 130
+            except Exception as err:  # noqa: BLE001 - the job's own failure, reported below
+                state, error = "FAILED", _job_error(job, err)
+        finally:
+            if isinstance(job, LocalJob) and not job.done():
+                stop_job(job)  # the launcher is leaving by an error of its own: take the job with it
         states[spec.name] = state
         fields = {"state": state, "ended": now(), "elapsed_s": round(time.monotonic() - start, 1)}
         if error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,11 +325,15 @@ def model_info_from_config(cfg: Config) -> dict:
 
 
 def launch_cluster(args: argparse.Namespace) -> tuple[str, list[str]]:
-    """(cluster, notes) of `--cluster` (a SLURM dry run does not need the controller)."""
+    """(cluster, notes) of `--cluster` (a SLURM dry run does not need the controller), and a set MASTER_PORT."""
+    notes = []
+    if port := os.environ.get("MASTER_PORT"):
+        notes.append(f"MASTER_PORT={port} is set here: every job's ranks rendezvous on that port (unset it and they "
+                     "meet on a port of the kernel's choosing)")
     if args.dry_run and args.cluster == "slurm":
-        return "slurm", []
+        return "slurm", notes
     cluster, note = resolve_cluster(args.cluster)
-    return cluster, [note] if note else []
+    return cluster, [*([note] if note else []), *notes]
 
 
 def launch_resources(args: argparse.Namespace, cluster: str, out: Path, device: str,

@@ -1,13 +1,14 @@
 """The callables submitit runs inside the jobs: each calls its stage's Python entry point with typed arguments.
 
 `PretrainJob` -> `dinov3_us.train.trainer.pretrain`, `ConvertJob` -> `dinov3_us.checkpointer.convert.
-convert_checkpoint`, `EvalJob` -> `dinov3_us.eval.protocols.evaluate`. Every task process (one per GPU,
-or per CPU process) gets torch.distributed's variables from submitit's `TorchDistributedEnvironment`
-(SLURM or local), the launch's working directory, and as many torch threads as the job has CPUs per
-task. A job writes what only it knows into `OUT/jobs.json` (start, host, attempt, the command it
-is equivalent to, its error); the job *states* come from SLURM's accounting (or, for a local run,
-from the launcher that runs the jobs), and SLURM cancels the dependents of a failed job itself
-(`--kill-on-invalid-dep=yes`).
+convert_checkpoint`, `EvalJob` -> `dinov3_us.eval.protocols.evaluate`. Every task process (one per GPU, or per
+CPU process) gets torch.distributed's variables from submitit's `TorchDistributedEnvironment` (SLURM or local)
+except its port (the ranks meet on a port of the kernel's choosing, published in the run folder,
+`dinov3_us.rendezvous`; a MASTER_PORT set where the launcher ran wins), the launch's working directory, and as
+many torch threads as the job has CPUs per task. A job writes what only it knows into `OUT/jobs.json` (start,
+host, attempt, the command it is equivalent to, its error); the job *states* come from SLURM's accounting (or,
+for a local run, from the launcher that runs the jobs), and SLURM cancels the dependents of a failed job
+itself (`--kill-on-invalid-dep=yes`).
 
 Requeue: while `Trainer.run()` trains, its `PreemptionFlag` owns SIGUSR1/SIGUSR2/SIGTERM (submitit's
 USR2 handler is replaced). The trainer checkpoints after the current step and returns 75; the
@@ -86,10 +87,14 @@ def job_setup(ctx: JobContext, cwd: str) -> Iterator[None]:
     """The launch's working directory, torch.distributed variables and torch threads; undone afterwards."""
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     os.chdir(cwd)
-    for var in DIST_VARS:  # never inherit the launching shell's (e.g. a torchrun around the launcher)
+    explicit_port = os.environ.get("MASTER_PORT")  # the launching shell's (sbatch and the local launcher pass it on)
+    for var in DIST_VARS:
         os.environ.pop(var, None)
     if ctx.executor in ("slurm", "local"):
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        os.environ.pop("MASTER_PORT")  # submitit's is drawn by job id: any process may hold it (dinov3_us.rendezvous)
+        if explicit_port:
+            os.environ["MASTER_PORT"] = explicit_port
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     threads = int(cpus) if cpus and cpus.isdigit() else None
     if threads is None and ctx.executor == "local":

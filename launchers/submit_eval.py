@@ -27,6 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.configs import Config  # noqa: E402
+from dinov3_us.fileio import ensure_writable_dir  # noqa: E402
 from dinov3_us.run_dir import RunDir  # noqa: E402
 from launchers.common import ClusterOptions, LaunchError, Resources, add_cluster_args  # noqa: E402
 from launchers.launch import Launch, plan_and_execute  # noqa: E402
@@ -94,7 +95,7 @@ def plan(args: argparse.Namespace) -> Launch:
     """Check everything and build the jobs (raises DinoUSError; nothing is submitted)."""
     cluster, notes = launch_cluster(args)
     launch = RunDir(args.output_dir)
-    out = launch.root
+    out = ensure_writable_dir(launch.root, "--output-dir", create=False)
     ckpt, teacher, info = resolve_weights(args.weights)
     default_data = None
     if args.dataset:

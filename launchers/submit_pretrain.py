@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dinov3_us.configs.config import split_overrides  # noqa: E402
+from dinov3_us.fileio import ensure_writable_dir  # noqa: E402
 from dinov3_us.run_dir import RunDir  # noqa: E402
 from launchers.common import ClusterOptions, Resources, add_cluster_args  # noqa: E402
 from launchers.launch import Launch, plan_and_execute  # noqa: E402
@@ -79,7 +80,7 @@ def plan(args: argparse.Namespace) -> Launch:
     cluster, notes = launch_cluster(args)
     cfg = load_pretrain_config(args.config_file, args.overrides)
     run = RunDir(args.output_dir)
-    out = run.root
+    out = ensure_writable_dir(run.root, "--output-dir", create=False)
     note = check_output_dir(out, cfg, args.resume)
     if note:
         notes.append(note)

@@ -1,8 +1,13 @@
-"""Shared pytest fixtures: the read-only `../shared` folder, skipped cleanly where absent."""
+"""Shared pytest fixtures: the read-only `../shared` folder (skipped cleanly where absent), a read-only folder;
+and the suite's leak check (`leakcheck`): a process the suite started that is alive at its end fails the run.
+"""
 
 from pathlib import Path
 
 import pytest
+from disks import tmpfs
+
+pytest_plugins = ["leakcheck"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -54,3 +59,10 @@ def tiny_run(tmp_path_factory, phantom_shards) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture
+def read_only_dir(tmp_path) -> Path:
+    """A folder on a read-only file system (a tmpfs mounted `ro`; skipped where mounting is not allowed)."""
+    with tmpfs(tmp_path / "ro", "1m", "ro") as folder:
+        yield folder

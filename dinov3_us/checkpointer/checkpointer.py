@@ -22,6 +22,7 @@ raises a `CheckpointError` on every rank and leaves nothing but the previous che
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -40,10 +41,12 @@ from torch.distributed.checkpoint._nested_dict import flatten_state_dict
 from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.tensor import DTensor
 
 from dinov3_us.distributed import all_gather_object, get_rank, get_world_size, is_enabled
 from dinov3_us.errors import CheckpointError, ConfigError
 from dinov3_us.fileio import fsync_dir, fsync_file, write_atomic
+from dinov3_us.fsdp import local_shard
 
 logger = logging.getLogger("dinov3_us")
 
@@ -116,6 +119,23 @@ def _short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}" + ("..." if len(text) > 300 else "")
 
 
+def _no_space(e: BaseException) -> bool:
+    """Whether a failed write ran out of space (ENOSPC, EDQUOT), also inside DCP's CheckpointException."""
+    if isinstance(e, CheckpointException) and e.failures:
+        return any(_no_space(inner) for inner, _ in e.failures.values())
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
 def checkpoint_folders(ckpt_dir: Path) -> list[tuple[int, Path]]:
     """(iteration, folder) of every `ckpt_dir/<iteration>` folder, complete or not, oldest first."""
     if not ckpt_dir.is_dir():
@@ -157,6 +177,7 @@ class CheckpointManager:
         self.period, self.max_to_keep, self.keep_every = period, max_to_keep, keep_every
         self.process_group = process_group
         self.before_commit: Callable[[Path], None] | None = None
+        self._warned_space = False  # the short-of-space warning is given once per manager
 
     # -- distributed helpers ------------------------------------------------------------------------
     @property
@@ -219,32 +240,46 @@ class CheckpointManager:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             self._remove_leftovers()
             tmp.mkdir()
-        self._barrier()
+        state_dicts = {name: st.state_dict() for name, st in states.items()}
+        needed = self._space_needed(state_dicts)  # also the barrier after tmp's creation
+        free = shutil.disk_usage(self.ckpt_dir).free
+        if free < needed and not self._warned_space and rank == 0:
+            self._warned_space = True
+            logger.warning("%s has %s free, less than a checkpoint needs (about %s): the next save may fail; "
+                           "free space there or lower checkpointing.max_to_keep", self.ckpt_dir, _mib(free),
+                           _mib(needed))
         local = {name: st.state_dict() for name, st in (rank_states or {}).items()}  # before any write
         planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)  # global values: rank 0's copy
         error, checksums = None, {}
         try:
             with self._quiet():
-                dcp.save({name: st.state_dict() for name, st in states.items()},
-                         storage_writer=dcp.FileSystemWriter(tmp), planner=planner, process_group=self.process_group,
-                         no_dist=not self.distributed)
+                dcp.save(state_dicts, storage_writer=dcp.FileSystemWriter(tmp), planner=planner,
+                         process_group=self.process_group, no_dist=not self.distributed)
             if rank_states is not None:
                 torch.save(local, tmp / f"rank{rank}.pt")
                 fsync_file(tmp / f"rank{rank}.pt")
             checksums = {p.name: file_crc32(p) for p in sorted(tmp.iterdir()) if _written_by(p.name, rank)}
         except (OSError, CheckpointException) as e:  # disk full, quota, a rank's failed write
-            error = _short_error(e)
+            error = (_short_error(e), _no_space(e))
         if self.before_commit is not None:
             self.before_commit(tmp)
         gathered = self._gather((error, checksums))  # also a barrier
         errors = [(r, err) for r, (err, _) in enumerate(gathered) if err is not None]
         if errors:
-            free = shutil.disk_usage(self.ckpt_dir).free / 2**20  # a full disk often shows as a torch.save error
+            left = shutil.disk_usage(self.ckpt_dir).free
             if rank == 0:
                 self._delete(tmp)
-            raise CheckpointError(f"saving checkpoint {final} failed on rank {errors[0][0]}: {errors[0][1]} "
-                                  f"({free:.0f} MiB free in {self.ckpt_dir}; nothing committed; the latest "
-                                  f"checkpoint is {self.latest()})")
+            r, (message, no_space) = errors[0]
+            latest = self.latest()
+            kept = f"the latest checkpoint is {latest}" if latest else "there is no earlier checkpoint"
+            if no_space or free < needed:  # a full disk often shows as torch.save's "unexpected pos"
+                raise CheckpointError(
+                    f"saving checkpoint {final} failed: no space left in {self.ckpt_dir} (a checkpoint needs about "
+                    f"{_mib(needed)}, {_mib(free)} was free when the save began, {_mib(left)} at the failure; rank "
+                    f"{r}: {message}); nothing committed; {kept}. Free space "
+                    "there (or lower checkpointing.max_to_keep) and run the same command again to resume")
+            raise CheckpointError(f"saving checkpoint {final} failed on rank {r}: {message} ({_mib(left)} free in "
+                                  f"{self.ckpt_dir}; nothing committed; {kept})")
         if rank == 0:
             merged = {name: crc for _, sums in gathered for name, crc in sums.items()}
             self._commit(tmp, final, iteration, sorted(states), sorted(rank_states or {}), merged)
@@ -253,6 +288,21 @@ class CheckpointManager:
             self._apply_keep_policy()
         logger.info("Saved checkpoint %s (%.1f s)", final, time.monotonic() - start)
         return final
+
+    def _space_needed(self, state_dicts: dict[str, Any]) -> int:
+        """Bytes a checkpoint takes: the newest complete one's files, else the tensors of `state_dicts` (collective).
+
+        The estimate counts each rank's shards of sharded (DTensor) values and rank 0's copy of the
+        others, as the save writes them.
+        """
+        tensors = [v for v in flatten_state_dict(state_dicts)[0].values() if isinstance(v, torch.Tensor)]
+        mine = sum(local_shard(t).numel() * t.element_size() for t in tensors
+                   if isinstance(t, DTensor) or self.rank == 0)
+        estimate = sum(self._gather(mine))
+        for _, path in reversed(self._folders()):
+            if invalid_reason(path) is None:
+                return sum(json.loads((path / MARKER).read_text())["files"].values())
+        return estimate
 
     def _commit(self, tmp: Path, final: Path, iteration: int, names: list[str], rank_names: list[str],
                 checksums: dict[str, str]) -> None:

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from dinov3_us.checkpointer.checkpointer import MARKER, checkpoint_folders, damaged_files, invalid_reason
 from dinov3_us.configs import load_config
 from dinov3_us.errors import CheckpointError
-from dinov3_us.fileio import atomic_path
+from dinov3_us.fileio import atomic_path, ensure_writable_dir
 from dinov3_us.models import vit_kwargs
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
 from dinov3_us.models.weights import check_state_dict
@@ -145,6 +145,7 @@ def convert_checkpoint(ckpt: str | os.PathLike, output: str | os.PathLike, *, wh
     """
     from dinov3_us.interop import export_backbone
 
+    ensure_writable_dir(Path(output).parent, "--output")
     ckpt = resolve_checkpoint(ckpt)
     state, arch, meta = read_checkpoint_backbone(ckpt, which=which, config_file=config_file)
     out, how = export_backbone(state, arch, output, fmt, meta=meta)

@@ -142,6 +142,7 @@ RANGES: dict[str, Range] = {
     "checkpointing.max_to_keep": AT_LEAST_ONE,
     "checkpointing.keep_every": NON_NEGATIVE,  # 0: keep no extra checkpoints
     "runtime.peak_tflops": NON_NEGATIVE,  # 0: datasheet table or measured
+    "runtime.start_timeout_s": POSITIVE,
     "data.pool_weights": NON_NEGATIVE,  # and a positive sum (cross_checks)
     "data.window_shards": AT_LEAST_ONE,
     "augment.color_jitter_p": UNIT,

@@ -165,6 +165,7 @@ class RuntimeConfig:
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    start_timeout_s: float = 300.0  # how long the ranks wait for a sibling that never arrives at start-up
 
 
 @dataclass
@@ -239,6 +240,7 @@ def schema() -> dict[str, Any]:
 # The valid range of every numeric option (of each item for a list); `null` is never range-checked.
 RANGES: dict[str, Range] = {
     "model.seed": NON_NEGATIVE,
+    "runtime.start_timeout_s": POSITIVE,
     "data.image_size": AT_LEAST_ONE,
     "data.resize_size": AT_LEAST_ONE,  # and >= data.image_size (cross_problems)
     "data.mean": UNIT,  # pixels are in [0, 1] when normalised

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Collection
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +35,7 @@ from dinov3_us.eval.metrics import (
 from dinov3_us.eval.paired import versus_random
 from dinov3_us.eval.predictions import classification_rows, segmentation_rows
 from dinov3_us.eval.segmentation import plot_examples, predict_masks, train_segmentation_grid
+from dinov3_us.fileio import ensure_writable_dir
 from dinov3_us.log import setup_logging
 
 logger = logging.getLogger("dinov3_us")
@@ -243,9 +243,10 @@ def evaluate(task: str, cfg: EvalConfig, out_dir: str | os.PathLike,
     """
     if task not in PROTOCOLS:
         raise ConfigError(f"evaluation task {task!r}: expected one of {', '.join(PROTOCOLS)}")
-    runner, out = PROTOCOLS[task], Path(out_dir)
+    runner, out = PROTOCOLS[task], ensure_writable_dir(out_dir, "--output-dir")
     try:
-        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
+        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend, rendezvous_dir=out,
+                                start_timeout_s=cfg.runtime.start_timeout_s)
         setup_logging(out, info.rank)
         start = time.perf_counter()
         ctx = EvalContext(task, cfg, out, info, explicit=explicit)

@@ -29,6 +29,7 @@ from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
 from dinov3_us.data.shards import split_specs
 from dinov3_us.distributed import DistInfo, all_gather_object, all_reduce_max, destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError, DinoUSError
+from dinov3_us.fileio import ensure_writable_dir
 from dinov3_us.fsdp import compile_problem, parallelize_meta_arch
 from dinov3_us.log import setup_logging
 from dinov3_us.models import load_backbone_weights, vit_kwargs
@@ -64,9 +65,11 @@ def pretrain(cfg: Config, run_dir: str | Path, *, allow_config_change: bool = Fa
             checkpoints that exist but cannot be used).
     """
     run = RunDir(run_dir)
+    ensure_writable_dir(run.root, "--output-dir")  # a read-only or foreign folder: one line, before any work
     flag = PreemptionFlag().install()
     try:
-        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
+        info = init_distributed(cfg.runtime.device, cfg.runtime.dist_backend, rendezvous_dir=run.root,
+                                start_timeout_s=cfg.runtime.start_timeout_s)
         if cfg.train.compile and (problem := compile_problem(info.device)):
             raise ConfigError(problem)  # before any file is written, not a traceback at the first step
         check_run_config(run, cfg, allow_config_change)
@@ -81,6 +84,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, allow_config_change: bool = Fa
             if busy:
                 raise ConfigError(busy)
             setup_logging(run.root, info.rank)
+            logger.info("process group: %d rank(s), %s on %s, rendezvous %s", info.world_size, info.backend,
+                        info.device, info.rendezvous)
             return Trainer(cfg, run, info, start_over=start_over).run(flag)
     finally:
         flag.restore()

@@ -59,6 +59,13 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2 and "exactly one of --source or --merge" in result.stderr
 
 
+def test_a_read_only_out_is_one_line_and_exit_2(read_only_dir):
+    result = run("--source", "phantom", "--num-samples", "8", "--out", read_only_dir / "phantom", "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    out = read_only_dir / "phantom"
+    assert result.stderr.strip() == f"error: --out {out}: cannot write there (Read-only file system)"
+
+
 def test_merge_pools_sources_and_survives_a_truncated_shard(tmp_path):
     a = phantom(tmp_path / "a", "--name", "pa", "--seed", "1")
     b = phantom(tmp_path / "b", "--name", "pb", "--seed", "2")

@@ -7,6 +7,7 @@ The SLURM tests skip, saying why, when no cluster is up (`make test` starts one)
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from launcher_helpers import read_jobs, run_launcher, sacct_states, tiny_args
+from ports import HeldPorts
 
 pytestmark = pytest.mark.slow  # minutes in all: CI runs them too
 slurm = pytest.mark.slurm
@@ -35,12 +37,25 @@ def slurm_chain(slurm_cluster, phantom_shards, tmp_path_factory):
     return out, proc
 
 
+def submitit_rule_port(job_id: int) -> int:
+    """The port submitit's TorchDistributedEnvironment draws for a job (the launchers used it until the rendezvous
+    became the kernel's choice): a local job's id is its controller's pid."""
+    return random.Random(str(job_id)).randint(20000, 60000)
+
+
 @pytest.fixture(scope="module")
 def local_chain(phantom_shards, no_srun_env, tmp_path_factory):
-    """The same command on a machine without `srun`: it falls back to a local run."""
+    """The same command on a machine without `srun`: it falls back to a local run. Meanwhile the ports that the
+    old rule would give the next 1,500 process ids are held, so the pretraining job's controller gets one that
+    is taken (test_without_srun_... checks that it did): the ranks must not depend on it."""
     out = tmp_path_factory.mktemp("local_chain") / "run"
-    proc = run_launcher("submit_pretrain.py", tiny_args(phantom_shards, out), env=no_srun_env)
-    return out, proc
+    last_pid = int(Path("/proc/loadavg").read_text().split()[-1])
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    with HeldPorts() as held:
+        for pid in range(last_pid + 1, last_pid + 1501):
+            held.listen(submitit_rule_port(pid if pid < pid_max else 300 + pid - pid_max))  # the kernel wraps at 300
+        proc = run_launcher("submit_pretrain.py", tiny_args(phantom_shards, out), env=no_srun_env)
+        return out, proc, held.listening
 
 
 @slurm
@@ -151,7 +166,7 @@ def test_a_chain_slurm_refuses_is_reported_and_nothing_is_left_queued(slurm_clus
 
 
 def test_without_srun_the_launcher_runs_the_chain_locally(local_chain):
-    out, proc = local_chain
+    out, proc, held = local_chain
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no `srun` on PATH" in proc.stdout and "2 nodes x 1 = 2 CPU processes" in proc.stdout
     jobs = read_jobs(out)
@@ -159,10 +174,13 @@ def test_without_srun_the_launcher_runs_the_chain_locally(local_chain):
     assert [r["state"] for r in jobs["jobs"].values()] == ["COMPLETED"] * 4
     assert "FSDP2: 2 ranks" in (out / "log.txt").read_text()
     assert (out / "eval" / "linear" / "results.json").is_file() and (out / "eval" / "comparison.md").is_file()
+    assert submitit_rule_port(int(jobs["jobs"]["pretrain"]["job_id"])) in held  # the old rule's port was taken
+    assert "(a port of the kernel's choosing, published by rank 0 in" in (out / "log.txt").read_text()
+    assert not (out / ".rendezvous").exists()  # removed once the group had formed
 
 
 def test_submit_eval_converts_a_checkpoint_and_evaluates_it(local_chain, phantom_shards, tmp_path):
-    run, _ = local_chain
+    run, _, _ = local_chain
     out = tmp_path / "ev"
     proc = run_launcher("submit_eval.py", ["--cluster", "local", "--weights", str(run), "--dataset",
                                            str(phantom_shards), "--eval-config", "knn", "--output-dir", str(out)])
@@ -177,7 +195,7 @@ def test_submit_eval_converts_a_checkpoint_and_evaluates_it(local_chain, phantom
 
 @slurm
 def test_local_fallback_gives_the_same_outputs_as_slurm(slurm_chain, local_chain):
-    (s_out, s_proc), (l_out, l_proc) = slurm_chain, local_chain
+    (s_out, s_proc), (l_out, l_proc, _) = slurm_chain, local_chain
     assert s_proc.returncode == 0 and l_proc.returncode == 0
     assert _files(s_out) == _files(l_out)
     s_metrics = [json.loads(x) for x in (s_out / "training_metrics.jsonl").read_text().splitlines()]

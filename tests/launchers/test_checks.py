@@ -129,6 +129,14 @@ def test_output_dir_with_another_config_needs_resume(phantom_shards, tmp_path, c
     assert code == 0 and "holds a run with this config" in stdout
 
 
+def test_a_read_only_output_dir_is_one_line_and_nothing_is_submitted(phantom_shards, read_only_dir, capsys):
+    code, _, err = launch(["--cluster", "local", "--config-file", TINY, "--output-dir", str(read_only_dir / "run"),
+                           f"train.dataset_path={phantom_shards}"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines() == [f"error: --output-dir {read_only_dir / 'run'}: cannot write there (read-only file "
+                                f"system at {read_only_dir})", "nothing was submitted"]
+
+
 def test_bad_evaluation_config_is_an_error_before_submission(phantom_shards, tmp_path, capsys):
     bad = tmp_path / "eval.yaml"
     bad.write_text("linear:\n  epoch: 3\n")

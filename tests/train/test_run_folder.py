@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from disks import tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = [sys.executable, str(REPO / "tools" / "train.py"), "--config-file", str(REPO / "configs/train/tiny_cpu.yaml")]
@@ -117,19 +118,38 @@ def test_files_respect_the_umask(tmp_path, phantom_shards):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
 
 
-def test_a_full_disk_is_one_line_and_leaves_the_last_checkpoint(tmp_path, phantom_shards):
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(small)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root): the full-disk test needs a real full disk")
-    try:
+def space_numbers(line: str) -> tuple[int, int]:
+    """(MiB a checkpoint needs, MiB free when the save began) from the no-space error line."""
+    m = re.search(r"a checkpoint needs about (\d+) MiB, (\d+) MiB was free when the save began", line)
+    assert m, line
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_a_disk_that_fills_at_a_later_save_is_one_line_and_leaves_the_last_checkpoint(tmp_path, phantom_shards):
+    with tmpfs(tmp_path / "small", "7m") as small:
         out = small / "run"
         proc = train(out, phantom_shards, "optim.epochs=2", "checkpointing.max_to_keep=3")
         line = one_error_line(proc)
-        # torch.save reports a full disk as "unexpected pos": the message adds the free space
-        assert "(0 MiB free in " in line and "nothing committed" in line
+        assert "no space left in" in line and "nothing committed" in line
+        needed, free = space_numbers(line)
+        assert free < needed and needed >= 1  # the size of checkpoint 1, measured
+        assert f"the latest checkpoint is {out / 'ckpt' / '1'}" in line
         assert not list((out / "ckpt").glob(".tmp-*"))
         assert (out / "ckpt" / "1" / "COMPLETE.json").is_file()
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
+        warnings = [x for x in (out / "log.txt").read_text().splitlines() if "less than a checkpoint needs" in x]
+        assert len(warnings) == 1, warnings  # warned once, before the save that failed
+
+
+def test_a_disk_too_small_for_the_first_checkpoint_says_so_with_both_numbers(tmp_path, phantom_shards):
+    with tmpfs(tmp_path / "small", "2m") as small:
+        out = small / "run"
+        line = one_error_line(train(out, phantom_shards))
+        assert "no space left in" in line and "there is no earlier checkpoint" in line, line
+        needed, free = space_numbers(line)
+        assert free < needed  # the estimate from the parameter and optimizer bytes
+        assert not list((out / "ckpt").glob(".tmp-*")) and not list((out / "ckpt").glob("[0-9]*"))
+
+
+def test_a_read_only_output_folder_is_one_line_before_any_work(read_only_dir, phantom_shards):
+    line = one_error_line(train(read_only_dir / "run", phantom_shards))
+    assert line == f"error (rank 0): --output-dir {read_only_dir / 'run'}: cannot write there (Read-only file system)"

@@ -19,7 +19,7 @@ from dinov3_us.data.curation.options import FORMAT_VERSION
 from dinov3_us.data.curation.writer import JOURNAL
 from dinov3_us.data.shards import MANIFEST, is_shard_file, load_manifest, write_manifest
 from dinov3_us.errors import DataError
-from dinov3_us.fileio import write_atomic, write_json_atomic
+from dinov3_us.fileio import ensure_writable_dir, write_atomic, write_json_atomic
 
 HASHES = "hashes.json"
 SKIPPED = "skipped.tsv"
@@ -42,7 +42,7 @@ def prepare_out(out: Path, fingerprint: str, overwrite: bool) -> None:
         DataError: when `out` holds a finished dataset built with other arguments and `overwrite`
             is not set.
     """
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out, "--out")
     if overwrite:
         for path in out.iterdir():
             if path.is_file() and (is_shard_file(path.name) or path.name in (MANIFEST, HASHES, SKIPPED, JOURNAL)):
