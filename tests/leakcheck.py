@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import time
+from multiprocessing import resource_tracker
 
 import pytest
 from procs import Proc, live_processes
@@ -28,7 +29,9 @@ def started_by_this_session() -> list[Proc]:
     """The live processes that this pytest process started (other than itself)."""
     mark = f"{SESSION_VAR}={os.environ[SESSION_VAR]}".encode()
     me = os.getpid()
-    procs = [p for p in live_processes() if p.pid != me]
+    # pytest's own multiprocessing resource tracker (a test used a spawn context) ends with pytest: not a leak
+    tracker = getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
+    procs = [p for p in live_processes() if p.pid not in (me, tracker)]
     parents = {p.pid: p.ppid for p in procs}
 
     def descends_from_me(pid: int) -> bool:
