@@ -17,6 +17,8 @@ DEMO_DIR ?= runs/demo
 DEMO_REAL_DIR ?= runs/demo-real
 HC18 ?= ../shared/data/hc18
 DEMO_ITERATIONS ?= 200
+DEMO_SAMPLES ?= 600
+DEMO_EXTRA ?=
 DEMO_REAL_ITERATIONS ?= 600
 DEMO_LAUNCH = $(PY) launchers/submit_pretrain.py --cluster local --nodes 1 --gpus-per-node 2 \
 	--config-file configs/train/small_cpu.yaml train.batch_size_per_gpu=8 train.OFFICIAL_EPOCH_LENGTH=100 \
@@ -40,9 +42,9 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) tools/build_dataset.py --source phantom --num-samples 300 --out $(DEMO_DIR)/data --no-progress
-	$(DEMO_LAUNCH) --output-dir $(DEMO_DIR)/pretrain train.dataset_path=$(DEMO_DIR)/data:train \
-		optim.epochs=$$(($(DEMO_ITERATIONS) / 100))
+	$(PY) tools/build_dataset.py --source phantom --num-samples $(DEMO_SAMPLES) --out $(DEMO_DIR)/data --no-progress
+	$(DEMO_LAUNCH) --output-dir $(DEMO_DIR)/pretrain train.dataset_path=$(DEMO_DIR)/data:train,unlabelled \
+		optim.epochs=$$(($(DEMO_ITERATIONS) / 100)) $(DEMO_EXTRA)
 
 # HC18 has no class labels: `--task hc-terciles` labels the head circumference in terciles (small / medium /
 # large head, edges from the train split), which the linear probe and kNN must read off the frozen features.

@@ -78,6 +78,7 @@ def _k(k: int) -> list[str]:
 
 
 SMALL_DATA = ["student.layerscale=0.1", *COSINE, *_temp(0.01), *_k(256), "optim.freeze_last_layer_epochs=0"]
+AUTO = ["teacher.temp_control=auto"]
 
 # name -> (what changes from the base, overrides). Two groups: the official choices with one knob changed
 # (which single change is enough?), and the small-data recipe with one knob put back to the official
@@ -102,16 +103,23 @@ VARIANTS = {
     "sd-K4096": ("small-data, K = 4,096", SMALL_DATA + _k(4096)),
     "sd-softmax": ("small-data, softmax centring", SMALL_DATA + ["train.centering=softmax"]),
     "sd-lr5e-4": ("small-data, lr 5e-4", SMALL_DATA + ["optim.lr=0.0005"]),
+    "official-auto": ("the official choices, teacher.temp_control=auto", AUTO),
+    "small-data-auto": ("small-data, teacher.temp_control=auto (capped at 0.01)", SMALL_DATA + AUTO),
 }
 # the phantom (synthetic) pool: the two ends and the decisive knobs only
-PHANTOM_VARIANTS = ["official", "t0.01", "small-data", "sd-official_temp"]
+PHANTOM_VARIANTS = ["official", "t0.01", "small-data", "sd-official_temp", "official-auto"]
 
-# --presets: the size that fits here (tiny_cpu's backbone and crops), whatever the preset says
-SCALE_DOWN = ["student.arch=vit_test", "student.patch_size=8", "student.n_storage_tokens=2",
-              "crops.global_crops_size=32", "crops.local_crops_size=16",
-              "crops.local_crops_number=2", "train.batch_size_per_gpu=16", "compute_precision.param_dtype=fp32",
-              "dino.head_hidden_dim=512", "ibot.head_hidden_dim=512", "train.compile=false",
-              "train.checkpointing=false"]
+# --presets: a size that fits here, whatever the preset says: `test` (tiny_cpu's backbone and crops, the default)
+# or `tiny` (small_cpu's: ViT-Ti/8 on 64 / 32 px crops, the smallest model whose DINO loss leaves ln K here)
+SCALE_DOWN_COMMON = ["student.patch_size=8", "student.n_storage_tokens=2", "train.batch_size_per_gpu=16",
+                     "compute_precision.param_dtype=fp32", "dino.head_hidden_dim=512", "ibot.head_hidden_dim=512",
+                     "train.compile=false", "train.checkpointing=false"]
+SCALE_DOWN = {
+    "test": ["student.arch=vit_test", "crops.global_crops_size=32", "crops.local_crops_size=16",
+             "crops.local_crops_number=2", *SCALE_DOWN_COMMON],
+    "tiny": ["student.arch=vit_tiny", "crops.global_crops_size=64", "crops.local_crops_size=32",
+             "crops.local_crops_number=4", *SCALE_DOWN_COMMON],
+}
 
 
 def curate(name: str, out: Path) -> str:
@@ -124,7 +132,7 @@ def curate(name: str, out: Path) -> str:
             cmd = ["--source", "phantom", "--num-samples", "600"]
         folder.parent.mkdir(parents=True, exist_ok=True)
         run([PY, "tools/build_dataset.py", *cmd, "--out", str(folder), "--no-progress"], out / "curate.log", 2)
-    return f"{folder}:train,unlabelled" if name == "hc18" else f"{folder}:train"
+    return f"{folder}:train,unlabelled"  # the phantom's coarse planes are unlabelled, as HC18's test set
 
 
 def schedule(iterations: int, epoch_length: int) -> list[str]:
@@ -172,6 +180,11 @@ def summarise(log: list[dict], k: int, start: int) -> dict:
             "final_target_entropy": sum(r["target_entropy"] for r in tail) / len(tail),
             "min_target_entropy": min(v for _, v in entropy) if entropy else None,
             "final_teacher_logit_std": sum(r.get("teacher_logit_std", float("nan")) for r in tail) / len(tail),
+            "final_teacher_temp": tail[-1].get("teacher_temp"),
+            # the downstream monitor on the labelled val split (validation only: what picks a recipe)
+            "monitor": [{"iteration": r["iteration"]} | {k[len("monitor_"):]: round(r[k], 4) for k in r
+                                                          if k.startswith("monitor_") and k != "monitor_seconds"}
+                        for r in log if "monitor_knn" in r],
             "curve": [{"iteration": r["iteration"], "dino_loss_ratio": round(dino_loss_ratio(r, k), 4),
                        "target_entropy": round(r["target_entropy"], 4),
                        "teacher_logit_std": round(r.get("teacher_logit_std", float("nan")), 4)} for r in log]}
@@ -188,7 +201,8 @@ def train(job: dict, args, out: Path) -> dict:
         run([PY, "tools/train.py", "--config-file", job["config"], "--output-dir", str(run_dir),
              f"train.dataset_path={job['data']}", *job["overrides"], "train.log_period=10", "train.num_workers=0",
              "checkpointing.period=100000", "evaluation.eval_period_iterations=0", "runtime.device=cpu",
-             f"train.seed={args.seed}"], run_dir / "bench.log", args.threads)
+             f"monitor.period_iterations={args.epoch_length}", f"train.seed={args.seed}"], run_dir / "bench.log",
+            args.threads)
         (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
         print(f"  done {job['dataset']}/{job['name']} in {time.perf_counter() - start:.0f} s", flush=True)
         log = read_log(metrics)
@@ -208,20 +222,25 @@ def jobs_for(args, out: Path) -> list[dict]:
         if args.presets:
             seen: dict[str, str] = {}
             for path in sorted((REPO / "configs" / "train").glob("*.yaml")):
+                if args.preset_names and path.stem not in args.preset_names:
+                    continue
                 preset = yaml.safe_load(path.read_text())
                 if preset.get("student", {}).get("pretrained_weights"):
                     print(f"skipped {path.name}: it starts from student.pretrained_weights, which cannot be "
                           "downloaded here")
                     continue
                 k = min(preset.get("dino", {}).get("head_n_prototypes", 65536), 4096)  # 65,536 / 16 at most
-                overrides = [*SCALE_DOWN, *_k(k), *preset_schedule(preset, args.iterations, args.epoch_length)]
+                overrides = [*SCALE_DOWN[args.size], *_k(k),
+                             *preset_schedule(preset, args.iterations, args.epoch_length), *(AUTO if args.auto else [])]
                 key = json.dumps(load_config(str(path), overrides).to_dict(), sort_keys=True, default=str)
                 if key in seen:
                     print(f"{path.name} scaled down is the same run as {seen[key]}")
                     continue
                 seen[key] = path.name
-                jobs.append({"dataset": dataset, "name": path.stem, "what": f"configs/train/{path.name}, scaled down",
-                             "config": str(path), "data": data, "overrides": overrides})
+                name = path.stem + ("-auto" if args.auto else "")
+                what = f"configs/train/{path.name}, scaled down" + (", teacher.temp_control=auto" if args.auto else "")
+                jobs.append({"dataset": dataset, "name": name, "what": what, "config": str(path), "data": data,
+                             "overrides": overrides})
             continue
         for name in args.only or (list(VARIANTS) if dataset == "hc18" else PHANTOM_VARIANTS):
             what, extra = VARIANTS[name]
@@ -290,6 +309,10 @@ def main() -> int:
     p.add_argument("--only", nargs="+", choices=list(VARIANTS),
                    help="run these variants only (default: all on HC18, a subset on the phantom)")
     p.add_argument("--presets", action="store_true", help="run configs/train/*.yaml scaled down instead")
+    p.add_argument("--preset-names", nargs="+", metavar="NAME", help="with --presets: only these (file stems)")
+    p.add_argument("--size", choices=sorted(SCALE_DOWN), default="test",
+                   help="with --presets: the size they are scaled down to (default test: ViT 64-dim x 2 blocks)")
+    p.add_argument("--auto", action="store_true", help="with --presets: teacher.temp_control=auto in each")
     p.add_argument("--iterations", type=int, default=1000, help="budget of each run (default 1000)")
     p.add_argument("--epoch-length", type=int, default=100, help="train.OFFICIAL_EPOCH_LENGTH (default 100)")
     p.add_argument("--seed", type=int, default=0)
@@ -304,7 +327,8 @@ def main() -> int:
     if "hc18" in args.datasets and not (SHARED / "hc18").is_dir():
         print(f"{SHARED / 'hc18'} is absent: use --datasets phantom", file=sys.stderr)
         return 2
-    stem = "selfdistill_onset" + ("_presets" if args.presets else "")
+    stem = "selfdistill_onset" + ("_presets" if args.presets else "") + ("_auto" if args.auto else "") + \
+        (f"_{args.size}" if args.presets and args.size != "test" else "")
     out = Path(args.output_dir or REPO / "runs" / stem)
     results = Path(args.results or REPO / "bench" / "results" / f"{stem}.json")
     out.mkdir(parents=True, exist_ok=True)
@@ -313,14 +337,15 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(lambda job: train(job, args, out), jobs))
     print(table(rows))
-    plot(rows, results.with_suffix(".png"),
-         f"When self-distillation starts ({args.iterations} iterations, ViT 64-dim x 2 blocks, 32/16 px crops)")
+    tiny = args.presets and args.size == "tiny"
+    size = "ViT-Ti/8, 64/32 px crops" if tiny else "ViT 64-dim x 2 blocks, 32/16 px crops"
+    plot(rows, results.with_suffix(".png"), f"When self-distillation starts ({args.iterations} iterations, {size})")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({
         "benchmark": stem, "command": "python bench/bench_selfdistill_onset.py " + " ".join(sys.argv[1:]),
         "iterations": args.iterations, "epoch_length": args.epoch_length, "seed": args.seed, "onset_threshold": ONSET,
         "started_threshold": STARTED,
-        "base_overrides": None if args.presets else BASE, "scale_down": SCALE_DOWN if args.presets else None,
+        "base_overrides": None if args.presets else BASE, "scale_down": SCALE_DOWN[args.size] if args.presets else None,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "run_seconds_total": round(sum(r["wall_seconds"] or 0.0 for r in rows), 1), "cores": os.cpu_count(),
         "machine": platform.machine(), "rows": rows}, indent=1) + "\n")

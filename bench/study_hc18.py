@@ -3,16 +3,18 @@
 Does the project's own chain, with its own commands:
 1. curate: `tools/build_dataset.py --source hc18 --task hc-terciles` (head-size terciles from the train
    split, subjects never straddle splits) and `--source fpdb --task brain-planes` (the 57 local images);
-2. pretrain: `tools/train.py` with the preset `configs/train/small_cpu.yaml` (or, `--recipe dinov3`, that
-   preset with the official self-distillation knobs) on HC18 train + unlabelled + the FPDB images (no
-   HC18 val/test image is seen), exporting the teacher every `--eval-every` iterations; the schedule's
-   unit is `--epoch-length`, so how often it is evaluated does not change the recipe;
-3. evaluate every export and a random initialisation of the same architecture: linear probe and kNN
-   on the head-size terciles (train -> best head on val -> test) and the dense linear probe on the
-   HC18 head masks (Dice);
-4. compare each export with the random initialisation on the same test images (paired bootstrap,
-   patients resampled) and write `bench/results/study_hc18_<recipe>.json` and `.png` (metrics vs pretraining
-   iterations with 95% CIs, and the pretraining losses); `--results` moves both.
+2. pretrain: `tools/train.py` with the preset `configs/train/small_cpu.yaml` as shipped (or, `--recipe
+   dinov3`, that preset with the official self-distillation knobs) on HC18 train + unlabelled + the FPDB
+   images (no HC18 val/test image is seen), exporting the teacher every `--eval-every` iterations; the
+   schedule's unit is `--epoch-length`, so how often it is evaluated does not change the recipe;
+3. evaluate every export by the linear probe and kNN on the head-size terciles (train -> best head / k
+   on val), and choose the export by the linear probe's **validation** weighted F1 (ties: the earlier);
+4. report, for the chosen export only, its test figures (linear probe, kNN, and the dense linear probe
+   on the HC18 head masks, Dice) against a random initialisation of exactly its architecture on the same
+   test images (`report.baseline=random`: paired bootstrap, patients resampled). No test figure of any
+   other export is looked at: `bench/results/study_hc18_<recipe>.json` holds the validation curve of
+   every export and the test figures of the chosen one, with `.png` (validation vs iterations, the
+   pretraining's self-distillation statistics).
 
     python bench/study_hc18.py                      # small-data recipe, 2,400 iterations (about an hour here)
     python bench/study_hc18.py --recipe dinov3 --iterations 1200
@@ -27,19 +29,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dinov3_us.eval.paired import paired_difference  # noqa: E402
-from dinov3_us.eval.predictions import load_predictions  # noqa: E402
+from stamp import REPO, stamp
 
 SHARED = REPO.parent / "shared" / "data"
 PY = sys.executable
@@ -56,11 +52,6 @@ RECIPES = {
                "optim.lr=0.002"],
     "small-data": [],
 }
-# (evaluation folder, metric, row key) of the paired comparisons with the random initialisation
-PAIRED = [("eval_linear", "weighted_f1", "linear_weighted_f1"), ("eval_knn", "weighted_f1", "knn_weighted_f1"),
-          ("eval_segmentation", "dice", "dice")]
-
-
 def run(cmd: list[str], log: Path, threads: int | None = None) -> None:
     """Run a project command, its output appended to `log` (`threads`: its OMP_NUM_THREADS); raise with the
     log's tail on failure."""
@@ -102,72 +93,69 @@ def pretrain(args, out: Path, hc18: Path, fpdb: Path, log: Path) -> float:
     return time.perf_counter() - start
 
 
-def evaluate(weights: str, name: str, args, out: Path, hc18: Path, log: Path) -> dict:
-    """Linear probe, kNN and dense probe of one initialisation; returns the headline metrics.
+EVALS = {"eval_linear": ["linear.epochs=30", "linear.n_last_blocks=[1,4]", "linear.losses=[ce]"], "eval_knn": [],
+         "eval_segmentation": []}
 
-    Every non-random row also gets `<metric>_vs_random`: the paired difference to the random
-    initialisation on the same test images, patients resampled (`dinov3_us.eval.paired`).
-    """
-    base = ["--pretrained-weights", weights, "--train-dataset", f"{hc18}:train", "--val-dataset", f"{hc18}:val",
+
+def evaluate(weights: Path, name: str, tools: list[str], out: Path, hc18: Path, log: Path, *extra: str) -> dict:
+    """`tools` (eval_linear, eval_knn, eval_segmentation) on the export `weights`; {tool: results.json}."""
+    base = ["--pretrained-weights", str(weights), "--train-dataset", f"{hc18}:train", "--val-dataset", f"{hc18}:val",
             "--test-datasets", f"{hc18}:test", "--image-size", "64", "--no-progress"]
-    if weights == "random":
-        base += ["--arch", args.arch]
     results = {}
-    for tool, extra in (("eval_linear", ["linear.epochs=30", "linear.n_last_blocks=[1,4]", "linear.losses=[ce]"]),
-                        ("eval_knn", []), ("eval_segmentation", [])):
+    for tool in tools:
         folder = out / "eval" / name / tool
         if not (folder / "results.json").exists():
-            run([PY, f"tools/{tool}.py", *base, "--output-dir", str(folder), *extra], log)
-        results[tool] = json.loads((folder / "results.json").read_text())["metrics"]
-    row = {"linear_weighted_f1": results["eval_linear"]["weighted_f1"],
-            "linear_balanced_accuracy": results["eval_linear"]["balanced_accuracy"],
-            "linear_weighted_f1_ci": results["eval_linear"].get("weighted_f1_ci"),
-            "knn_weighted_f1": results["eval_knn"]["weighted_f1"],
-            "knn_weighted_f1_ci": results["eval_knn"].get("weighted_f1_ci"),
-            "knn_balanced_accuracy": results["eval_knn"]["balanced_accuracy"],
-            "dice": results["eval_segmentation"]["dice"], "iou": results["eval_segmentation"]["iou"],
-            "dice_ci": results["eval_segmentation"].get("dice_ci")}
-    if weights != "random":
-        for tool, metric, key in PAIRED:
-            diff = paired_difference(load_predictions(out / "eval" / "random" / tool),
-                                     load_predictions(out / "eval" / name / tool), metric=metric, seed=0)
-            row[f"{key}_vs_random"] = {k: diff[k] for k in ("difference", "ci", "p_not_better", "n_groups")}
+            run([PY, f"tools/{tool}.py", *base, "--output-dir", str(folder), *EVALS[tool], *extra], log)
+        results[tool] = json.loads((folder / "results.json").read_text())
+    return results
+
+
+def validation_row(iteration: int, results: dict) -> dict:
+    """What an export scores on HC18 val (all the choice may look at)."""
+    return {"iteration": iteration,
+            "linear_val_weighted_f1": results["eval_linear"]["val_metrics"]["weighted_f1"],
+            "knn_val_weighted_f1": results["eval_knn"]["val_metrics"]["weighted_f1"],
+            "knn_best_k": results["eval_knn"]["best_k"],
+            "linear_best_head": results["eval_linear"]["best_head"]["name"]}
+
+
+def test_row(results: dict) -> dict:
+    """The chosen export's test figures and the paired difference with its random initialisation."""
+    row = {}
+    for tool, key in (("eval_linear", "linear"), ("eval_knn", "knn"), ("eval_segmentation", "dense")):
+        m, vs = results[tool]["metrics"], results[tool]["vs_random"]
+        metric = "dice" if "dice" in m else "weighted_f1"
+        row[key] = {"metric": metric, "value": m[metric], "ci": m.get(f"{metric}_ci"), "random": vs["a"],
+                    "difference": vs["difference"], "difference_ci": vs["ci"], "p_not_better": vs["p_not_better"],
+                    "n_groups": vs["n_groups"], **({"chance": vs["chance"]} if "chance" in vs else {})}
     return row
 
 
-def plot(rows: list[dict], metrics_file: Path, path: Path) -> None:
-    """Each metric against pretraining iterations (95% CI as bars, random init dashed), and the losses."""
+def plot(rows: list[dict], chosen: int, metrics_file: Path, path: Path) -> None:
+    """Validation weighted F1 of every export (the chosen one starred), and the pretraining's statistics."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("linear_weighted_f1", "linear_weighted_f1_ci", "linear probe, weighted F1"),
-            ("knn_weighted_f1", "knn_weighted_f1_ci", "kNN, weighted F1"), ("dice", "dice_ci", "dense probe, Dice")]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    trained = [r for r in rows if r["init"] == "pretrained"]
-    random_row = next(r for r in rows if r["init"] == "random")
-    for ax, (key, ci_key, title) in zip(axes, keys):
-        its, values = [r["iteration"] for r in trained], [r[key] for r in trained]
-        errors = None
-        if ci_key and all(r.get(ci_key) for r in trained):
-            errors = [[v - r[ci_key][0] for v, r in zip(values, trained)],
-                      [r[ci_key][1] - v for v, r in zip(values, trained)]]
-        ax.errorbar(its, values, yerr=errors, fmt="o-", capsize=3, label="ours (HC18+FPDB)")
-        ax.axhline(random_row[key], color="gray", ls="--", label="random init")
-        if ci_key and random_row.get(ci_key):
-            ax.axhspan(*random_row[ci_key], color="gray", alpha=0.12)
-        ax.set_title(title)
-        ax.set_xlabel("pretraining iterations")
-        ax.grid(alpha=0.3)
-    axes[0].legend(loc="best")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    ax = axes[0]
+    its = [r["iteration"] for r in rows]
+    for key, label in (("linear_val_weighted_f1", "linear probe"), ("knn_val_weighted_f1", "kNN")):
+        ax.plot(its, [r[key] for r in rows], "o-", label=label)
+    best = next(r for r in rows if r["iteration"] == chosen)
+    ax.plot([chosen], [best["linear_val_weighted_f1"]], marker="*", ms=15, color="gold", mec="black", ls="none",
+            label=f"chosen (iteration {chosen})")
+    ax.set_title("HC18 head-size terciles, validation weighted F1")
+    ax.set_xlabel("pretraining iterations")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     log = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     k = yaml.safe_load((metrics_file.parent / "config.yaml").read_text())["dino"]["head_n_prototypes"]
-    ax = axes[3]
+    ax = axes[1]
     its = [r["iteration"] for r in log]
     for key, label in (("dino_global_crops_loss", "DINO loss (global crops)"),
-                       ("dino_local_crops_loss", "DINO loss (local crops)"), ("target_entropy", "target entropy"),
-                       ("teacher_entropy", "teacher entropy")):
+                       ("dino_local_crops_loss", "DINO loss (local crops)"), ("target_entropy", "target entropy")):
         if key in log[0]:
             scale = math.log(k) if key.endswith("loss") else 1.0  # the entropies are logged already / ln K
             ax.plot(its, [r[key] / scale for r in log], label=label)
@@ -177,7 +165,6 @@ def plot(rows: list[dict], metrics_file: Path, path: Path) -> None:
     ax.set_xlabel("iteration")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.suptitle("HC18 head-size terciles and head masks: frozen features vs pretraining (test set, 95% CI)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -215,23 +202,25 @@ def main() -> int:
     spent = out / "pretrain_wall_seconds.txt"  # summed over resumed invocations
     seconds = pretrain(args, out, hc18, fpdb, log) + (float(spent.read_text()) if spent.exists() else 0.0)
     spent.write_text(f"{seconds:.1f}\n")
-    rows = [{"init": "random", "iteration": 0, **evaluate("random", "random", args, out, hc18, log)}]
+    rows, exports = [], {}
     for it in range(args.eval_every - 1, args.iterations, args.eval_every):
-        weights = out / "pretrain" / "eval" / f"training_{it}" / "teacher_checkpoint.pth"
-        rows.append({"init": "pretrained", "iteration": it + 1,
-                     **evaluate(str(weights), f"it{it + 1}", args, out, hc18, log)})
+        exports[it + 1] = out / "pretrain" / "eval" / f"training_{it}" / "teacher_checkpoint.pth"
+        results = evaluate(exports[it + 1], f"it{it + 1}", ["eval_linear", "eval_knn"], out, hc18, log)
+        rows.append(validation_row(it + 1, results))
+    chosen = max(rows, key=lambda r: (r["linear_val_weighted_f1"], -r["iteration"]))["iteration"]
+    final = evaluate(exports[chosen], f"chosen_it{chosen}", list(EVALS), out, hc18, log, "report.baseline=random")
     figure = Path(args.results).with_suffix(".png")
-    plot(rows, out / "pretrain" / "training_metrics.jsonl", figure)
-    result = {"benchmark": "study_hc18", "command": "python bench/study_hc18.py " + " ".join(sys.argv[1:]),
-              "arch": args.arch, "iterations": args.iterations, "batch_size": args.batch_size,
-              "recipe": args.recipe, "preset": str(PRESET.relative_to(REPO)),
-              "overrides": RECIPES[args.recipe] + args.set,
-              "pretrain_wall_seconds": round(seconds, 1), "cores": os.cpu_count(), "machine": platform.machine(),
+    plot(rows, chosen, out / "pretrain" / "training_metrics.jsonl", figure)
+    result = {"benchmark": "study_hc18", "stamp": stamp(), "arch": args.arch, "iterations": args.iterations,
+              "batch_size": args.batch_size, "recipe": args.recipe, "preset": str(PRESET.relative_to(REPO)),
+              "overrides": RECIPES[args.recipe] + args.set, "pretrain_wall_seconds": round(seconds, 1),
               "data": "HC18 (CC BY 4.0) hc-terciles + head masks; pretraining pool HC18 train+unlabelled and 57 "
                       "FETAL_PLANES_DB images (CC BY 4.0)",
-              "rows": rows}
+              "choice": "the export with the best linear-probe weighted F1 on HC18 val (ties: the earlier)",
+              "validation": rows, "chosen_iteration": chosen,
+              "test_of_the_chosen": test_row(final), "test_n": final["eval_linear"]["n"]["test"]}
     Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(rows, indent=1))
+    print(json.dumps({"validation": rows, "chosen": chosen, "test": result["test_of_the_chosen"]}, indent=1))
     print(f"wrote {args.results} and {figure}")
     return 0
 

@@ -3,6 +3,7 @@
     OUT/config.yaml                  resolved pretraining config
     OUT/log.txt, training_metrics.jsonl, tb/
     OUT/ckpt/<iteration>/            sharded checkpoints (COMPLETE.json marks a whole one)
+    OUT/ckpt/best.json               the best checkpoint on the downstream monitor (iteration, metric, score)
     OUT/eval/training_<it>/teacher_checkpoint.pth   periodic teacher exports
     OUT/teacher.pth (+ teacher.json) the converted teacher backbone
     OUT/eval/<name>/                 one evaluation: results.json, summary.md, figures
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinov3_us.checkpointer.checkpointer import complete_checkpoints
+from dinov3_us.checkpointer.checkpointer import best_checkpoint, complete_checkpoints
 from dinov3_us.errors import ConfigError
 
 
@@ -95,6 +96,10 @@ class RunDir:
         """The newest complete checkpoint, or None (incomplete ones are skipped with a WARNING)."""
         found = complete_checkpoints(self.ckpt)
         return found[0] if found else None
+
+    def best(self) -> tuple[Path, dict] | None:
+        """(folder, record) of the best checkpoint on the downstream monitor, or None."""
+        return best_checkpoint(self.ckpt)
 
     @classmethod
     def of_checkpoint(cls, ckpt: str | os.PathLike) -> RunDir:

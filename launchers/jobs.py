@@ -219,6 +219,10 @@ def print_report(data: dict[str, Any], stream=sys.stdout) -> None:
         print("\n" + Path(report).read_text(encoding="utf-8").rstrip(), file=stream)
         print(f"\nReport: {report} (+ {Path(report).with_suffix('.png').name}); per evaluation: "
               f"{Path(report).parent}/<name>/summary.md, results.json, confusion_matrix.png", file=stream)
+    run_report = Path(data.get("output_dir", "")) / "report.html"
+    if data.get("output_dir") and run_report.is_file():
+        print(f"Run report (training curves, downstream monitor, evaluations): {run_report} "
+              f"(and {run_report.with_suffix('.md').name})", file=stream)
 
 
 def watch(jobs_file: JobsFile, poll_s: float = 10.0, stream=sys.stdout, timeout_s: float | None = None) -> int:

@@ -288,15 +288,17 @@ def _sinfo_available() -> bool:
 
 
 def pretrain_chain(cfg_file: str | None, overrides: list[str], run: RunDir, cwd: str, main: Resources,
-                   side: Resources, evals: list[JobSpec], allow_config_change: bool = False) -> list[JobSpec]:
-    """pretrain -> convert -> evaluations."""
+                   side: Resources, evals: list[JobSpec], allow_config_change: bool = False,
+                   eval_checkpoint: str = "auto") -> list[JobSpec]:
+    """pretrain -> convert (the checkpoint `eval_checkpoint` picks, see `ConvertJob`) -> evaluations."""
     config = str(Path(cfg_file).resolve()) if cfg_file else None
     jobs = [
         JobSpec("pretrain", "pretrain",
                 PretrainJob("pretrain", run, cwd, config, list(overrides), allow_config_change), main, [],
                 [str(run.ckpt), str(run.metrics), str(run.log)]),
-        JobSpec("convert", "convert", ConvertJob("convert", run, cwd, source=run), Resources(1, 1, 0, side.timeout_min),
-                ["pretrain"], [str(run.teacher), str(run.teacher.with_suffix(".json"))]),
+        JobSpec("convert", "convert", ConvertJob("convert", run, cwd, source=run, select=eval_checkpoint),
+                Resources(1, 1, 0, side.timeout_min), ["pretrain"],
+                [str(run.teacher), str(run.teacher.with_suffix(".json"))]),
     ]
     for spec in evals:
         spec.resources = side

@@ -276,18 +276,29 @@ class PretrainJob(StageJob, submitit.helpers.Checkpointable):
 
 @dataclass
 class ConvertJob(StageJob):
-    """The teacher of `checkpoint` (default: the newest complete one of `source`) -> the launch's teacher.pth."""
+    """The teacher of `checkpoint`, or of `source`'s checkpoint chosen by `select`, -> the launch's teacher.pth.
+
+    `select`: `latest` (the newest complete checkpoint), `best` (the best on the run's downstream
+    monitor, `OUT/ckpt/best.json`) or `auto` (the best where one is marked, else the latest); looked up
+    when the job runs. The teacher's JSON says which it is (`selected`), and so do the evaluations.
+    """
 
     source: RunDir | None = None
     checkpoint: Path | None = None
+    select: str = "auto"
 
     def resolve(self) -> Path | None:
-        """The checkpoint to convert (the run's newest complete one is looked up when the job runs)."""
-        return self.checkpoint or (self.source.latest() if self.source else None)
+        """The checkpoint to convert (None: the run has none of the kind `select` asks for)."""
+        if self.checkpoint or self.source is None:
+            return self.checkpoint
+        best = self.source.best() if self.select in ("best", "auto") else None
+        if best is not None or self.select == "best":
+            return best[0] if best else None
+        return self.source.latest()
 
     def command(self) -> str:
         """`python tools/convert_checkpoint.py CKPT --output OUT/teacher.pth`."""
-        ckpt = self.resolve() or (self.source.ckpt / "<latest>" if self.source else "<checkpoint>")
+        ckpt = self.resolve() or (self.source.ckpt / f"<{self.select}>" if self.source else "<checkpoint>")
         return shlex.join(["python", "tools/convert_checkpoint.py", str(ckpt), "--output", str(self.launch.teacher)])
 
     def work(self, ctx: JobContext) -> int:
@@ -296,7 +307,8 @@ class ConvertJob(StageJob):
 
         ckpt = self.resolve()
         if ckpt is None:
-            self.fail(ctx, f"no complete checkpoint in {self.source.ckpt} to convert")
+            what = "best checkpoint (ckpt/best.json)" if self.select == "best" else "complete checkpoint"
+            self.fail(ctx, f"no {what} in {self.source.ckpt} to convert")
         convert_checkpoint(ckpt, self.launch.teacher)
         return 0
 
@@ -343,21 +355,26 @@ class EvalJob(StageJob):
         return 0
 
     def after_success(self) -> None:
-        """Rebuild the comparison table of the launch's evaluations that have a results.json."""
+        """Rebuild the comparison table of the launch's evaluations that have a results.json, and the run report."""
         write_report(JobsFile(self.launch.jobs), self.launch.report.parent)
 
 
 def write_report(jobs: JobsFile, report_dir: Path) -> Path | None:
-    """The comparison of a launch's finished evaluations -> report_dir/comparison.md (None when there is none)."""
+    """The comparison of a launch's finished evaluations -> report_dir/comparison.md (None when there is none);
+    for a pretraining launch, its run report (`OUT/report.md`, `.html`) too."""
     from dinov3_us.eval.compare import write_comparison
+    from dinov3_us.eval.run_report import write_run_report
 
     results = [r["results"] for r in jobs.read().get("jobs", {}).values()
                if r.get("kind") == "eval" and r.get("results") and Path(r["results"]).is_file()]
     if not results:
         return None
     try:
-        with jobs.locked():  # two evaluations finishing together must not write the figure at once
+        with jobs.locked():  # two evaluations finishing together must not write the figures at once
             write_comparison(results, report_dir)
+            run = RunDir(jobs.path.parent)
+            if run.metrics.is_file():
+                write_run_report(run)
     except DinoUSError as err:
         logger.warning("no comparison table: %s", err)
         return None

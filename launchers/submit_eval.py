@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True,
                    help="teacher .pth (exported / converted / official), checkpoint folder OUT/ckpt/<it>, or run "
-                        "folder OUT")
+                        "folder OUT (see --checkpoint)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                   help="of a run folder: its latest complete checkpoint (default), or the best on its downstream "
+                        "monitor (OUT/ckpt/best.json)")
     p.add_argument("--dataset", help="labelled shards folder (tools/build_dataset.py) for the default linear probe "
                                      "and kNN on its train/val/test splits")
     p.add_argument("--output-dir", required=True, help="evaluations go to OUTPUT/eval/<name>/; jobs.json here")
@@ -62,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_weights(weights: str) -> tuple[Path | None, Path | None, dict | None]:
-    """(checkpoint to convert or None, teacher file or None, model info) of a --weights argument."""
+def resolve_weights(weights: str, select: str = "latest") -> tuple[Path | None, Path | None, dict | None]:
+    """(checkpoint to convert or None, teacher file or None, model info) of a --weights argument (a run folder's
+    checkpoint chosen by `select`: latest or best)."""
     path = RunDir(weights).root
     if path.is_file():
         return None, path, model_info_from_teacher(path)
@@ -71,7 +75,14 @@ def resolve_weights(weights: str) -> tuple[Path | None, Path | None, dict | None
         raise LaunchError(f"--weights {weights}: no such file or folder")
     if RunDir(path).ckpt.is_dir():
         run = RunDir(path)
-        ckpt = run.latest()
+        if select == "best":
+            best = run.best()
+            if best is None:
+                raise LaunchError(f"--weights {weights} --checkpoint best: no best checkpoint in {run.ckpt} (the run "
+                                  "had no downstream monitor); use --checkpoint latest")
+            ckpt = best[0]
+        else:
+            ckpt = run.latest()
         if ckpt is None:
             raise LaunchError(f"--weights {weights}: no complete checkpoint in {run.ckpt}")
     else:
@@ -96,7 +107,7 @@ def plan(args: argparse.Namespace) -> Launch:
     cluster, notes = launch_cluster(args)
     launch = RunDir(args.output_dir)
     out = ensure_writable_dir(launch.root, "--output-dir", create=False)
-    ckpt, teacher, info = resolve_weights(args.weights)
+    ckpt, teacher, info = resolve_weights(args.weights, args.checkpoint)
     default_data = None
     if args.dataset:
         default_data = labelled_shards(args.dataset, args.eval_override)

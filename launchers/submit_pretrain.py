@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir even though its config differs from this one")
     p.add_argument("--no-eval", action="store_true", help="pretrain and convert only")
+    p.add_argument("--eval-checkpoint", choices=("auto", "best", "latest"), default="auto",
+                   help="the checkpoint converted and evaluated: best (on the run's downstream monitor), latest, "
+                        "or auto (default: best where the monitor marked one, else latest)")
     add_eval_args(p)
     add_cluster_args(p, timeout_min=2800)
     p.add_argument("overrides", nargs="*", help="pretraining config overrides section.key=value")
@@ -98,7 +101,7 @@ def plan(args: argparse.Namespace) -> Launch:
             evals = plan_evals(requests, run.teacher, run, os.getcwd(), default_data, args.eval_override,
                                model_info_from_config(cfg))
     jobs = pretrain_chain(args.config_file, args.overrides, run, os.getcwd(), main, side, evals,
-                          allow_config_change=args.resume)
+                          allow_config_change=args.resume, eval_checkpoint=args.eval_checkpoint)
     return Launch("dinov3_us pretraining", cluster, out, jobs, ClusterOptions.from_args(args),
                   args.command_line, notes)
 

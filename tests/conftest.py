@@ -34,13 +34,26 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def phantom_shards(tmp_path_factory) -> Path:
-    """A small synthetic 3-class fetal-head dataset written by `tools/build_dataset.py --source phantom`."""
+    """A small synthetic pool (`tools/build_dataset.py --source phantom`): 64 brain planes in 3 classes + 64 coarse."""
     import subprocess
     import sys
 
     out = tmp_path_factory.mktemp("phantom") / "shards"
     cmd = [sys.executable, str(REPO_ROOT / "tools" / "build_dataset.py"), "--source", "phantom", "--out", str(out),
-           "--num-samples", "64", "--image-size", "48", "--no-progress"]
+           "--num-samples", "128", "--image-size", "48", "--no-progress"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_patients(tmp_path_factory) -> Path:
+    """The phantom with enough patients for the downstream monitor: 600 images of 48 px (val: 45 of 15 patients)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("phantom300") / "shards"
+    cmd = [sys.executable, str(REPO_ROOT / "tools" / "build_dataset.py"), "--source", "phantom", "--out", str(out),
+           "--num-samples", "600", "--image-size", "48", "--no-progress"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out
 

@@ -3,6 +3,7 @@
     python tools/convert_checkpoint.py OUT/ckpt/<it> --output teacher.pth        # official layout + teacher.json
     python tools/convert_checkpoint.py OUT                 # a run folder: its latest complete checkpoint
                                                            # -> OUT/teacher.pth (+ teacher.json)
+    python tools/convert_checkpoint.py OUT --checkpoint best   # the best on the run's downstream monitor
     python tools/convert_checkpoint.py OUT --format hf --output OUT/hf           # transformers.AutoModel folder
     python tools/convert_checkpoint.py OUT --format timm --output OUT/timm.pth   # + the timm.create_model call
     python tools/convert_checkpoint.py OUT/teacher.pth --format hf --output hf/  # re-export a backbone file
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dinov3_us.checkpointer.convert import convert_checkpoint, resolve_checkpoint  # noqa: E402
+from dinov3_us.checkpointer.convert import SELECT, convert_checkpoint, resolve_checkpoint  # noqa: E402
 from dinov3_us.errors import CheckpointError, DinoUSError  # noqa: E402
 from dinov3_us.eval.backbone import infer_arch  # noqa: E402
 from dinov3_us.interop import FORMATS, export_backbone, read_backbone  # noqa: E402
@@ -48,8 +49,11 @@ def reexport(source: Path, output: str | None, fmt: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and convert; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a checkpoint folder OUT/ckpt/<iteration>, or a run folder OUT (its "
-                                           "latest complete checkpoint)")
+    parser.add_argument("source", metavar="CHECKPOINT", help="a checkpoint folder OUT/ckpt/<iteration>, or a run "
+                                                             "folder OUT (see --checkpoint)")
+    parser.add_argument("--checkpoint", choices=SELECT, default="latest",
+                        help="of a run folder: its latest complete checkpoint (default), or the best on its "
+                             "downstream monitor (OUT/ckpt/best.json)")
     parser.add_argument("--output", help="teacher.pth or teacher.safetensors (default: the run's OUT/teacher.pth)")
     parser.add_argument("--which", choices=["teacher", "student"], default="teacher")
     parser.add_argument("--config-file", default=None, help="the run's config (default: OUT/config.yaml)")
@@ -60,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        source = Path(args.checkpoint)
+        source = Path(args.source)
         if source.is_file() or is_hf(source):
             return reexport(source, args.output, args.format)
-        ckpt = resolve_checkpoint(args.checkpoint)
+        ckpt = resolve_checkpoint(args.source, args.checkpoint)
         output = args.output
         if output is None:
             if args.which != "teacher":

@@ -10,9 +10,13 @@ On-disk layout of `ckpt_dir`:
                               its CRC-32 (each rank checksums the files it wrote)
     .tmp-<iteration>/         a save in progress (or a crashed one): never loaded, removed by the next save
     .trash-<iteration>-<ns>/  a checkpoint being deleted (renamed first so that it vanishes atomically)
+    best.json                 the best checkpoint on validation (`mark_best`): its iteration, metric and score;
+                              the keep policy never deletes that checkpoint
 
 A save writes into `.tmp-<iteration>/`, waits for every rank, then rank 0 writes the marker and renames
-the folder to `<iteration>/`: a crash at any point leaves the previous checkpoints intact. A folder is
+the folder to `<iteration>/`: a crash at any point leaves the previous checkpoints intact. A new best is
+marked after its checkpoint is committed, by replacing `best.json` atomically, and the previous best is
+deleted only after that: a crash at any point leaves a `best.json` that names a complete checkpoint. A folder is
 *complete* when its marker exists and every file it lists has the listed size (`invalid_reason`, cheap);
 its contents are *intact* when every file has the recorded CRC-32 (`damaged_files`, read once per load,
 the files shared out over the ranks, and by the conversion). A failed save (disk full, a rank's error)
@@ -51,6 +55,7 @@ from dinov3_us.fsdp import local_shard
 logger = logging.getLogger("dinov3_us")
 
 MARKER = "COMPLETE.json"
+BEST = "best.json"
 CHECKSUM = "crc32"  # COMPLETE.json key: {file name: 8 hex digits}
 _CHUNK = 16 << 20
 TMP_PREFIX, TRASH_PREFIX = ".tmp-", ".trash-"
@@ -153,6 +158,25 @@ def complete_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
         else:
             logger.warning("Skipping checkpoint %s: %s", path, reason)
     return complete
+
+
+def best_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+    """(the folder, the record) of the best checkpoint that `best.json` names, or None (none marked, or not
+    complete: a WARNING says why)."""
+    path = Path(ckpt_dir) / BEST
+    try:
+        record = json.loads(path.read_text())
+        folder = Path(ckpt_dir) / str(int(record["iteration"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("Ignoring %s: %s", path, e)
+        return None
+    reason = invalid_reason(folder)
+    if reason is not None:
+        logger.warning("%s names checkpoint %s, which is not usable: %s", path, folder, reason)
+        return None
+    return folder, record
 
 
 class NoUsableCheckpointError(CheckpointError):
@@ -338,10 +362,28 @@ class CheckpointManager:
                 logger.warning("Removing half-written checkpoint %s", path)
                 self._delete(path)
 
+    def mark_best(self, iteration: int, record: dict) -> None:
+        """Name the committed checkpoint `iteration` the best (`best.json`, with `record`: metric, score, ...),
+        then delete the previous best if the keep policy no longer keeps it (collective)."""
+        if self.rank == 0:
+            if invalid_reason(self.ckpt_dir / str(iteration)) is not None:
+                raise CheckpointError(f"cannot mark checkpoint {iteration} as the best: it is not complete")
+            write_atomic(self.ckpt_dir / BEST, json.dumps({"iteration": iteration, **record}, indent=1) + "\n")
+            self._apply_keep_policy()
+        self._barrier()
+
+    def best(self) -> tuple[Path, dict] | None:
+        """(folder, record) of the best checkpoint, or None (see `best_checkpoint`)."""
+        return best_checkpoint(self.ckpt_dir)
+
     def _apply_keep_policy(self) -> None:
         folders = self._folders()
         keep = {it for it, _ in folders[-self.max_to_keep :]}
         keep |= {it for it, _ in folders if self.keep_every and it % self.keep_every == 0}
+        try:
+            keep.add(int(json.loads((self.ckpt_dir / BEST).read_text())["iteration"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no best marked
         for it, path in folders:
             if it not in keep:
                 logger.info("Deleting old checkpoint %s", path)

@@ -60,20 +60,36 @@ def iter_tensors(ckpt: str | os.PathLike, prefix: str) -> Iterator[tuple[str, to
         yield key[len(prefix):], tensor
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint folder `path` names: itself (`OUT/ckpt/<it>`), or a run folder `OUT`'s newest complete one.
+SELECT = ("latest", "best")  # which checkpoint of a run folder
 
-    Raises `CheckpointError` for a run without a complete checkpoint and for a checkpoint folder that
-    does not exist (naming the ones that do). Incomplete folders are left to `iter_tensors` to refuse.
+
+def resolve_checkpoint(path: str | os.PathLike, select: str = "latest") -> Path:
+    """The checkpoint folder `path` names: itself (`OUT/ckpt/<it>`), or of a run folder `OUT`, its newest complete
+    checkpoint (`select="latest"`) or the best on its downstream monitor (`select="best"`, `OUT/ckpt/best.json`).
+
+    Raises `CheckpointError` for a run without such a checkpoint and for a checkpoint folder that does not
+    exist (naming the ones that do). Incomplete folders are left to `iter_tensors` to refuse.
     """
+    if select not in SELECT:
+        raise CheckpointError(f"checkpoint selection {select!r}: expected one of {', '.join(SELECT)}")
     path = Path(path)
     run = RunDir(path)
     if path.is_dir() and not (path / MARKER).exists() and (run.ckpt.is_dir() or run.config.is_file()):
+        if select == "best":
+            best = run.best()
+            if best is None:
+                raise CheckpointError(f"{path} has no best checkpoint ({run.ckpt / 'best.json'}: the run had no "
+                                      "downstream monitor, or none scored yet); use its latest checkpoint")
+            logger.info("%s is a run folder: converting its best checkpoint %s (%s %.4f)", path, best[0],
+                        best[1].get("metric"), best[1].get("score", float("nan")))
+            return best[0]
         latest = run.latest()
         if latest is None:
             raise CheckpointError(f"{path} is a run folder without a complete checkpoint in {run.ckpt}")
         logger.info("%s is a run folder: converting its latest complete checkpoint %s", path, latest)
         return latest
+    if select == "best":
+        raise CheckpointError(f"{path}: choosing the best checkpoint needs a run folder, not a checkpoint")
     if not path.exists():
         folders = checkpoint_folders(path.parent)
         complete = [p.name for _, p in folders if invalid_reason(p) is None]
@@ -126,7 +142,14 @@ def card_meta(run: RunDir, cfg, iteration: int | None, source: str, which: str) 
         except (OSError, ValueError, AttributeError):
             continue
     total = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
+    best = run.best()
+    selected = None
+    if best is not None and iteration is not None and int(best[1]["iteration"]) == iteration:
+        b = best[1]
+        selected = (f"the best checkpoint on the downstream monitor ({b.get('metric')} {b.get('score', 0):.3f}, "
+                    f"random init {b.get('random', float('nan')):.3f}, on {b.get('split')})")
     return {"iteration": iteration, "source": source, "which": which, "run": str(run.root),
+            **({"selected": selected} if selected else {}),
             "data": f"`{cfg.train.dataset_path}`", "recipe": f"the resolved config in {run.config}",
             "iterations": f"{(iteration or 0) + 1} of {total} (checkpoint {source})",
             "arch_name": cfg.student.arch, "in_chans": cfg.student.in_chans,

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from dinov3_us.configs.cross_checks import cross_problems
-from dinov3_us.configs.ranges import range_problems
+from dinov3_us.configs.ranges import PAIRS, range_problems
 from dinov3_us.errors import ConfigError
 from dinov3_us.fileio import write_atomic
 
@@ -69,6 +69,8 @@ CHOICES: dict[str, tuple] = {
     "runtime.device": ("auto", "cpu", "cuda"),
     "runtime.dist_backend": ("auto", "nccl", "gloo"),
     "attention.backend": ("auto", "sdpa", "xformers", "matmul"),
+    "monitor.select": ("knn", "linear"),
+    "teacher.temp_control": ("official", "auto"),
 }
 
 
@@ -181,7 +183,7 @@ def _check_value(key: str, value: Any, default: Any) -> str | None:
         item_type = type(default[0]) if default else LIST_ITEM_TYPES.get(key)
         if item_type is not None and not all(type_ok(v, item_type) for v in value):
             return f"{key}: expected a list of {item_type.__name__}, got {value!r}"
-        if len(default) == 2 and len(value) != 2:  # (min, max) pairs
+        if key in PAIRS and len(value) != 2:
             return f"{key}: expected 2 values [min, max], got {value!r}"
     elif not type_ok(value, type(default)):
         return f"{key}: expected {type(default).__name__} (default {default!r}), got {value!r}"

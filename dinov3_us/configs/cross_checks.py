@@ -125,6 +125,18 @@ def _gram(c):
     return problems
 
 
+MONITOR_PROBES = ("knn", "linear")
+
+
+def _monitor_probes(c):
+    probes, select = c["monitor.probes"], c["monitor.select"]
+    if not probes or any(p not in MONITOR_PROBES for p in probes):
+        return [f"monitor.probes: expected a non-empty list of {list(MONITOR_PROBES)}, got {probes!r}"]
+    if select not in probes:
+        return [f"monitor.select: {select!r} is not one of monitor.probes {probes!r}"]
+    return []
+
+
 RULES: tuple[Rule, ...] = (
     _at_most_epochs("optim.warmup_epochs"),  # the lr warmup must fit in the run
     _at_most_epochs("optim.freeze_last_layer_epochs"),  # else the prototypes are never trained
@@ -142,6 +154,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("data.pool_weights",), _pool_weights),
     Rule(("gram.use_loss", "gram.ema_teacher", "gram.ckpt", "gram.rep_update", "gram.it_load_ema_teacher",
           "crops.gram_teacher_crops_size", "gram.tokens_used", "gram.img_level"), _gram),
+    Rule(("monitor.probes", "monitor.select"), _monitor_probes),
 )
 
 

@@ -143,6 +143,13 @@ RANGES: dict[str, Range] = {
     "checkpointing.keep_every": NON_NEGATIVE,  # 0: keep no extra checkpoints
     "runtime.peak_tflops": NON_NEGATIVE,  # 0: datasheet table or measured
     "runtime.start_timeout_s": POSITIVE,
+    "teacher.temp_spread": POSITIVE,
+    "teacher.min_temp": POSITIVE,
+    "monitor.period_iterations": AT_LEAST_ONE,
+    "monitor.batch_size": AT_LEAST_ONE,
+    "monitor.linear_learning_rates": POSITIVE,
+    "monitor.linear_iterations": Range(10),  # 10 epochs of at least one step
+    "monitor.seed": NON_NEGATIVE,
     "data.pool_weights": NON_NEGATIVE,  # and a positive sum (cross_checks)
     "data.window_shards": AT_LEAST_ONE,
     "augment.color_jitter_p": UNIT,

@@ -257,9 +257,10 @@ def build_random(
 
 
 def _seeded_model(kwargs: dict, seed: int, **model_kwargs) -> DinoVisionTransformer:
-    """`DinoVisionTransformer(**kwargs)` initialised from `seed`, leaving the global RNG untouched."""
-    model = DinoVisionTransformer(**kwargs, **model_kwargs)
+    """`DinoVisionTransformer(**kwargs)` initialised from `seed`, leaving the global RNG untouched (the construction's
+    default initialisation draws too: a training run's downstream monitor builds one between two steps)."""
     with torch.random.fork_rng(devices=[]):
+        model = DinoVisionTransformer(**kwargs, **model_kwargs)
         torch.manual_seed(seed)
         model.init_weights()
     return model
@@ -268,11 +269,18 @@ def _seeded_model(kwargs: dict, seed: int, **model_kwargs) -> DinoVisionTransfor
 def random_like(backbone: EvalBackbone, seed: int = 0, attention_backend: str = "auto",
                 **model_kwargs) -> EvalBackbone:
     """A random initialisation of exactly `backbone`'s architecture (the baseline a pretraining must beat)."""
-    model = _seeded_model(backbone.arch, seed, **model_kwargs)
+    return random_init(backbone.arch, backbone.weights, seed, attention_backend, **model_kwargs)
+
+
+def random_init(arch: dict, architecture_of: str, seed: int = 0, attention_backend: str = "auto",
+                **model_kwargs) -> EvalBackbone:
+    """`DinoVisionTransformer(**arch)` initialised from `seed`, in eval mode: the random baseline of the
+    backbone named `architecture_of` (the evaluations' and the pretraining monitor's, which therefore agree)."""
+    model = _seeded_model(arch, seed, **model_kwargs)
     model.set_attention_backend(attention_backend)
     model.eval()
-    info = {"seed": seed, "architecture_of": backbone.weights}
-    return EvalBackbone(model, dict(backbone.arch), "random", state_dict_sha256(model.state_dict()), "random", info)
+    info = {"seed": seed, "architecture_of": architecture_of}
+    return EvalBackbone(model, dict(arch), "random", state_dict_sha256(model.state_dict()), "random", info)
 
 
 def load_eval_backbone(

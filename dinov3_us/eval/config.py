@@ -81,7 +81,7 @@ class LinearConfig:
     avgpool: list[bool] = field(default_factory=lambda: [False, True])
     losses: list[Literal["ce", "focal", "label_smoothing"]] = field(default_factory=lambda: ["ce"])
     epochs: int = 10
-    iterations_per_epoch: int | None = None  # default: one pass over the train split
+    iterations_per_epoch: int | None = None  # default: one pass over the train split, at least 10 steps
     batch_size: int = 128
     scale_lr: bool = True  # lr x batch_size x world_size / 256
     momentum: float = 0.9

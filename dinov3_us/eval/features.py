@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -114,11 +115,14 @@ def extract_features(
     cache_dir: str | os.PathLike | None = None,
     name: str = "",
     progress: bool = True,
+    lockstep: bool = False,
 ) -> FeatureSet:
     """Embed every image of `dataset` once with the frozen `model` (already on `device`, in eval mode).
 
     With `cache_dir`, a file keyed by `model_id` (e.g. weights sha256 + architecture), the data and
-    the preprocessing is read if present, else written by rank 0 after extraction.
+    the preprocessing is read if present, else written by rank 0 after extraction. With `lockstep`
+    (a model sharded with FSDP2, whose every forward is a collective, or compiled for one shape), every
+    rank runs the same number of forwards of exactly `batch_size` images, padded with zeros.
     """
     rank, world = get_rank(), get_world_size()
     device = torch.device(device)
@@ -144,19 +148,27 @@ def extract_features(
         size = dataset.transform.image_size
         local["masks"] = torch.empty((len(mine), size, size), dtype=torch.uint8)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(mine)), batch_size=batch_size,
-                                         shuffle=False, num_workers=num_workers)
+                                         shuffle=False, num_workers=num_workers,
+                                         generator=torch.Generator())  # not the global RNG a training run uses
     bar = tqdm(total=len(mine), desc=f"features {name or dataset.spec}", unit="img", disable=not progress or rank > 0,
                dynamic_ncols=True, mininterval=1.0)  # rank 0's share: rate and ETA of the whole run
     row = 0
-    for batch in loader:
-        x = batch[0].to(device, non_blocking=True)  # [B, C, S, S]
+    batches = iter(loader)
+    for _ in range(math.ceil(max(sizes) / batch_size) if lockstep else len(loader)):
+        batch = next(batches, None)
+        x = batch[0].to(device, non_blocking=True) if batch is not None else None  # [B, C, S, S]
+        n = 0 if x is None else len(x)
+        if lockstep:  # [batch_size, C, S, S]: the same forwards on every rank
+            size = dataset.transform.image_size
+            pad = torch.zeros((batch_size - n, dataset.transform.in_chans, size, size), device=device)
+            x = pad if x is None else torch.cat([x, pad])
         feats = embed_batch(model, x, n_blocks, patch_blocks)
         for k, v in feats.items():
-            local[k][row : row + len(x)] = v.float().cpu()
-        if dataset.with_mask:
-            local["masks"][row : row + len(x)] = batch[1]
-        row += len(x)
-        bar.update(len(x))
+            local[k][row : row + n] = v[:n].float().cpu()
+        if dataset.with_mask and n:
+            local["masks"][row : row + n] = batch[1]
+        row += n
+        bar.update(n)
     bar.close()
     gather_device = collective_device(device)
     tensors = {k: gather_rows(v, sizes, gather_device) for k, v in local.items()}

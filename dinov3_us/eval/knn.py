@@ -8,6 +8,7 @@ nearest train samples votes for its class with weight exp(similarity / T) (T = 0
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dinov3_us.errors import ConfigError, DataError
+from dinov3_us.eval.config import KnnConfig
+from dinov3_us.eval.features import FeatureSet
+from dinov3_us.eval.metrics import batched_scores
 
 logger = logging.getLogger("dinov3_us")
 
@@ -59,3 +63,35 @@ def select_k(val_preds: dict[int, Tensor], val_targets: np.ndarray, scorer) -> t
     scores = {k: float(scorer(val_targets, p.numpy())) for k, p in val_preds.items()}
     best = max(scores, key=lambda k: (scores[k], -k))
     return best, scores
+
+
+@dataclass
+class KnnProbe:
+    """A weighted kNN over a train split's features, with the k chosen on a val split (`fit_knn`)."""
+
+    train_x: Tensor  # [Nt, D]
+    train_y: Tensor  # [Nt]
+    ks: list[int]
+    num_classes: int
+    temperature: float
+    best_k: int
+    val_preds: dict[int, Tensor] = field(default_factory=dict)  # {k: [Nv]} (empty without val)
+    val_scores: dict[int, float] = field(default_factory=dict)
+
+    def predict(self, fs: FeatureSet) -> dict[int, Tensor]:
+        """{k: predicted classes [N]} of every k for the samples of `fs`."""
+        return knn_predict(self.train_x, self.train_y, knn_features(fs.tensors), self.ks, self.num_classes,
+                           self.temperature)
+
+
+def fit_knn(train: FeatureSet, val: FeatureSet | None, cfg: KnnConfig, num_classes: int) -> KnnProbe:
+    """The kNN protocol's choices: the ks clipped to the train size, the best k on `val` by `cfg.select_metric`
+    (ties to the smaller k), or `cfg.default_k` without val."""
+    ks = effective_ks(cfg.ks, len(train))
+    probe = KnnProbe(knn_features(train.tensors), torch.as_tensor(train.targets), ks, num_classes, cfg.temperature,
+                     min(cfg.default_k, len(train)))
+    if val is not None:
+        probe.val_preds = probe.predict(val)
+        probe.best_k, probe.val_scores = select_k(
+            probe.val_preds, val.targets, lambda t, p: batched_scores(t, p[None], num_classes, cfg.select_metric)[0])
+    return probe

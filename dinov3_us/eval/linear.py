@@ -34,6 +34,9 @@ from dinov3_us.eval.metrics import batched_scores
 logger = logging.getLogger("dinov3_us")
 
 LOSS_IDS = {"ce": 0, "focal": 1, "label_smoothing": 2}
+# A train split of a few hundred images is one or two batches: one pass per epoch would train a head for ten
+# steps, which leaves it near its initialisation (and a comparison with random init to chance).
+MIN_ITERATIONS_PER_EPOCH = 10
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ def train_linear_grid(
     kinds = torch.tensor([LOSS_IDS[s.loss] for s in specs], device=device)
     y_train = torch.as_tensor(train.targets, dtype=torch.long, device=device)
     cw = class_weights(train.targets, num_classes).to(device) if cfg.class_weighting else None
-    iters = cfg.iterations_per_epoch or math.ceil(len(train) / cfg.batch_size)
+    iters = cfg.iterations_per_epoch or max(math.ceil(len(train) / cfg.batch_size), MIN_ITERATIONS_PER_EPOCH)
     total = cfg.epochs * iters
     params = [*grid.weights, *grid.biases]
     bufs = [torch.zeros_like(p) for p in params]

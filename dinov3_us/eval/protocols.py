@@ -16,14 +16,13 @@ import time
 from collections.abc import Callable, Collection
 
 import numpy as np
-import torch
 
 from dinov3_us.distributed import destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError
 from dinov3_us.eval.config import EvalConfig
 from dinov3_us.eval.context import EvalContext, write_outputs
 from dinov3_us.eval.finetune import predict, train_finetune
-from dinov3_us.eval.knn import effective_ks, knn_features, knn_predict, select_k
+from dinov3_us.eval.knn import fit_knn
 from dinov3_us.eval.linear import CachedFeatures, make_grid, predict_grid, subsample_by_group, train_linear_grid
 from dinov3_us.eval.metrics import (
     SCALAR_METRICS,
@@ -123,25 +122,15 @@ def run_knn(ctx: EvalContext) -> dict | None:
         return None
     start = time.perf_counter()
     C = len(ctx.classes)
-    train = feats["train"]
-    ks = effective_ks(kc.ks, len(train))
-    train_x, train_y = knn_features(train.tensors), torch.as_tensor(train.targets)
-
-    def predict(fs):
-        return knn_predict(train_x, train_y, knn_features(fs.tensors), ks, C, kc.temperature)
-
+    probe = fit_knn(feats["train"], feats.get("val"), kc, C)
+    best_k = probe.best_k
     out = ctx.base_results()
     if "val" in feats:
-        val_preds = predict(feats["val"])
-        best_k, val_scores = select_k(val_preds, feats["val"].targets,
-                                      lambda t, p: batched_scores(t, p[None], C, kc.select_metric)[0])
-        out["val_metrics"] = _metrics(ctx, feats["val"].targets, val_preds[best_k].numpy())
-        out["val_scores_per_k"] = {str(k): v for k, v in val_scores.items()}
-    else:
-        best_k = min(kc.default_k, len(train))
+        out["val_metrics"] = _metrics(ctx, feats["val"].targets, probe.val_preds[best_k].numpy())
+        out["val_scores_per_k"] = {str(k): v for k, v in probe.val_scores.items()}
     out["test_metrics"], out["predictions"], per_k = {}, [], {}
     for i, name in enumerate(ctx.tests):
-        preds = predict(feats[name])
+        preds = probe.predict(feats[name])
         y = feats[name].targets
         out["test_metrics"][name] = _metrics(ctx, y, preds[best_k].numpy())
         out["predictions"] += classification_rows(name, feats[name], preds[best_k].numpy(), ctx.classes)
@@ -149,7 +138,7 @@ def run_knn(ctx: EvalContext) -> dict | None:
             per_k = {str(k): {m: float(batched_scores(y, p.numpy()[None], C, m)[0]) for m in SCALAR_METRICS}
                      for k, p in preds.items()}
     out["metrics"] = next(iter(out["test_metrics"].values()))
-    out["best_k"], out["ks"], out["per_k"] = best_k, ks, per_k
+    out["best_k"], out["ks"], out["per_k"] = best_k, probe.ks, per_k
     out["temperature"] = kc.temperature
     ctx.timing["knn_s"] = time.perf_counter() - start
     return out

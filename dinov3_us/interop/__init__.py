@@ -76,7 +76,7 @@ def export_backbone(state: dict[str, torch.Tensor], arch: dict, output: str | os
     if fmt == "official":
         from dinov3_us.checkpointer.export import save_backbone
 
-        info = {k: v for k, v in meta.items() if k in ("iteration", "source", "which")}
+        info = {k: v for k, v in meta.items() if k in ("iteration", "source", "which", "selected")}
         path = save_backbone(state, output, arch, **info)
         return path, f'dinov3_us.hub.dinov3_vits16(weights="{path}")  # or any dinov3_us tool\'s --pretrained-weights'
     if fmt == "hf":

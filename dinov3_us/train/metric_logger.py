@@ -18,6 +18,15 @@ _CONSOLE_KEYS = ("total_loss", "dino_local_crops_loss", "dino_global_crops_loss"
                  "gram_loss", "lr")
 
 
+MONITOR_PROBES = {"kNN": "monitor_knn", "linear": "monitor_linear"}  # display name -> metric (eval.downstream)
+
+
+def monitor_parts(metrics: dict) -> list[str]:
+    """`kNN 0.61 (random 0.44)` for each downstream-monitor score in `metrics`."""
+    return [f"{name} {metrics[key]:.3f} (random {metrics[key + '_random']:.3f})"
+            for name, key in MONITOR_PROBES.items() if key in metrics and key + "_random" in metrics]
+
+
 def format_eta(seconds: float) -> str:
     """`HH:MM:SS` below a day, else hours (`31 h`)."""
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 3600:.0f} h"
@@ -68,7 +77,7 @@ class MetricLogger:
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, float(value), iteration)
-        parts = [f"{k} {metrics[k]:.4g}" for k in _CONSOLE_KEYS if k in metrics]
+        parts = [f"{k} {metrics[k]:.4g}" for k in _CONSOLE_KEYS if k in metrics] + monitor_parts(metrics)
         rate = metrics.get("images_per_second", 0.0)
         logger.info("it %d/%d  %s  %.1f img/s  ETA %s", iteration + 1, self.total, "  ".join(parts), rate,
                     format_eta(eta))
@@ -82,16 +91,17 @@ class MetricLogger:
 def progress_line(run_dir: str | Path) -> str | None:
     """Where a pretraining run stands, from its last `training_metrics.jsonl` line, or None before the first.
 
-    `it 340/1000 (34%), 85.2 img/s, ETA 00:02:10, DINO loss 0.987 ln K`, plus a warning when the
-    self-distillation alarm (`SelfDistillationWatch`) is on at that iteration.
+    `it 340/1000 (34%), 85.2 img/s, ETA 00:02:10, DINO loss 0.987 ln K, kNN 0.612 (random 0.440)` (the
+    downstream monitor's last scores), plus a warning when the self-distillation alarm
+    (`SelfDistillationWatch`) is on at that iteration.
     """
     run = RunDir(run_dir)
     path = run.metrics
     try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        last = json.loads(lines[-1]) if lines else None
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         return None
+    last = records[-1] if records else None
     if last is None:
         return None
     total = None
@@ -110,6 +120,9 @@ def progress_line(run_dir: str | Path) -> str | None:
         parts.append("ETA " + format_eta(float(last["eta_seconds"])))
     if "dino_loss_ratio" in last:
         parts.append(f"DINO loss {last['dino_loss_ratio']:.3f} ln K")
+    monitored = next((r for r in reversed(records) if any(k in r for k in MONITOR_PROBES.values())), None)
+    if monitored is not None:
+        parts += monitor_parts(monitored)
     line = ", ".join(parts)
     if last.get("selfdistill_stalled"):
         line += ("\n  WARNING: self-distillation has not started (DINO loss still at ln K, uniform targets); "

@@ -2,8 +2,11 @@
 
 - `teacher_entropy`: mean entropy of each image's teacher distribution softmax(logits / T), divided
   by log K. Near 1: every image gets a uniform distribution (uniform collapse).
-- `teacher_batch_entropy`: entropy of the batch-averaged teacher distribution / log K. Near 0: all
-  images put their mass on the same few prototypes (dominant-prototype collapse).
+- `teacher_batch_entropy`: entropy of the batch-averaged targets (the teacher distribution after
+  Sinkhorn-Knopp or the centre: what the student is trained on) / log K. Near 0: all images put their
+  mass on the same few prototypes (dominant-prototype collapse). The raw softmax(logits / T) is not
+  used: on look-alike images at a low temperature its batch average sits on the prototypes that every
+  image shares, which the centring removes and which therefore teaches nothing (a false alarm).
 - `target_entropy`: mean entropy of the centred targets the student is trained on (after Sinkhorn-
   Knopp or centring) / log K. The DINO loss cannot fall below it: a DINO loss near log K with a
   target entropy near 1 means the targets still carry (almost) no information about the image.
@@ -48,7 +51,7 @@ def collapse_metrics(teacher_global: Mapping[str, Tensor], student_global: Mappi
     probs = F.softmax(logits, dim=-1)  # [n * B, K]
     return {
         "teacher_entropy": _normalised_entropy(probs).mean(),
-        "teacher_batch_entropy": _normalised_entropy(probs.mean(0)),
+        "teacher_batch_entropy": _normalised_entropy(teacher_global["cls_centered"].flatten(0, 1).float().mean(0)),
         "teacher_logit_std": logits.std(dim=0).mean() if logits.shape[0] > 1 else logits.new_zeros(()),
         "target_entropy": _normalised_entropy(teacher_global["cls_centered"].flatten(0, 1).float()).mean(),
         "teacher_cls_std": _cls_std(teacher_global["cls_pre_head"]),
@@ -89,6 +92,9 @@ def dino_loss_ratio(metrics: Mapping[str, float | Tensor], n_prototypes: int) ->
     return sum(terms) / len(terms) / math.log(n_prototypes) if terms else None
 
 
+SELFDISTILL_THRESHOLD = 0.97  # DINO loss / ln K and target entropy at or above it: self-distillation has not started
+
+
 @dataclass
 class SelfDistillationWatch:
     """The alarm for a run whose self-distillation has not started.
@@ -104,7 +110,7 @@ class SelfDistillationWatch:
     n_prototypes: int
     patience: int  # iterations; 0 switches the alarm off
     start: int = 0
-    threshold: float = 0.97
+    threshold: float = SELFDISTILL_THRESHOLD
     stalled_since: int | None = None
     fired: bool = False
 

@@ -12,13 +12,15 @@ from dinov3_us.train.schedules import Schedules
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, batch: dict, schedules: Schedules, iteration: int,
-               clip_grad: float = 0.0) -> dict[str, float]:
+               clip_grad: float = 0.0, teacher_temp: float | None = None) -> dict[str, float]:
     """Run one step at `iteration`; returns float metrics (losses, schedule values, grad norm, collapse stats).
 
-    A non-finite loss on any rank skips the optimizer and EMA updates on every rank (the caller counts
-    and decides when to stop).
+    `teacher_temp` replaces the schedule's value (`teacher.temp_control=auto`). A non-finite loss on any
+    rank skips the optimizer and EMA updates on every rank (the caller counts and decides when to stop).
     """
     values = schedules.at(iteration)
+    if teacher_temp is not None:
+        values["teacher_temp_official"], values["teacher_temp"] = values["teacher_temp"], teacher_temp
     apply_optim_scheduler(optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
     optimizer.zero_grad(set_to_none=True)
     loss, metrics = model.forward_backward(batch, teacher_temp=values["teacher_temp"], iteration=iteration)

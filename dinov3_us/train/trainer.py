@@ -20,7 +20,14 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dinov3_us.checkpointer import CheckpointManager, ModelOptimizerState, NoUsableCheckpointError, RNGState, TrainState
+from dinov3_us.checkpointer import (
+    CheckpointManager,
+    ModelOptimizerState,
+    NoUsableCheckpointError,
+    RNGState,
+    TrainState,
+    invalid_reason,
+)
 from dinov3_us.checkpointer.export import full_state_dict, save_backbone
 from dinov3_us.configs import Config, write_config
 from dinov3_us.configs.config import config_differences
@@ -29,6 +36,8 @@ from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
 from dinov3_us.data.shards import split_specs
 from dinov3_us.distributed import DistInfo, all_gather_object, all_reduce_max, destroy_distributed, init_distributed
 from dinov3_us.errors import ConfigError, DinoUSError
+from dinov3_us.eval.downstream import DownstreamMonitor
+from dinov3_us.eval.run_report import write_run_report
 from dinov3_us.fileio import ensure_writable_dir
 from dinov3_us.fsdp import compile_problem, parallelize_meta_arch
 from dinov3_us.log import setup_logging
@@ -42,6 +51,7 @@ from dinov3_us.train.schedules import build_schedulers
 from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch
 from dinov3_us.train.step import train_step
+from dinov3_us.train.teacher_temp import TeacherTempController
 
 logger = logging.getLogger("dinov3_us")
 
@@ -155,6 +165,8 @@ class Trainer:
         self.selfdistill = SelfDistillationWatch(cfg.dino.head_n_prototypes, cfg.train.selfdistill_alarm_iterations,
                                                  start=warmup)
         self.peak, self.peak_source = peak_tflops(self.dist.device, cfg.runtime.peak_tflops)
+        self.monitor = DownstreamMonitor.build(cfg, self.dist, self.total_iterations)
+        self.temp_control = TeacherTempController.from_config(cfg)
 
     def _load_pretrained(self, path: str) -> None:
         """Initialise student and teacher backbones from official or converted weights (the study's scheme 2)."""
@@ -179,6 +191,9 @@ class Trainer:
         data["skipped_by_rank"] = all_gather_object(data["skipped"])
         self.train_state.extra["data"] = data
         self.train_state.extra["selfdistill"] = self.selfdistill.state_dict()
+        self.train_state.extra["teacher_temp"] = self.temp_control.state_dict()
+        if self.monitor is not None:
+            self.train_state.extra["monitor"] = self.monitor.state_dict()
         return {"model": ModelOptimizerState(self.model, self.optimizer), "train": self.train_state}
 
     def save(self, iteration: int) -> Path:
@@ -199,6 +214,9 @@ class Trainer:
         if loaded is None:
             return 0
         self.selfdistill.load_state_dict(self.train_state.extra.get("selfdistill", {}))
+        self.temp_control.load_state_dict(self.train_state.extra.get("teacher_temp", {}))
+        if self.monitor is not None:
+            self.monitor.load_state_dict(self.train_state.extra.get("monitor", {}))
         data_state = dict(self.train_state.extra["data"])
         by_rank = data_state.pop("skipped_by_rank", None)  # absent in checkpoints of older versions
         if by_rank is not None and len(by_rank) == self.dist.world_size:
@@ -209,6 +227,15 @@ class Trainer:
             logger.warning("%s; continuing at the start of epoch %d instead", err, data_state["epoch"] + 1)
             self.loader.set_epoch(data_state["epoch"] + 1)
         return loaded + 1
+
+    def _keep_best_marked(self) -> None:
+        """After a resume: `best.json` names the monitor's best (a crash between the save of a new best and
+        its marking left the previous one named)."""
+        best = self.monitor.best
+        marked = self.checkpointer.best()
+        if best is not None and (marked is None or marked[1]["iteration"] != best["iteration"]):
+            if invalid_reason(self.run_dir.ckpt / str(best["iteration"])) is None:
+                self.checkpointer.mark_best(best["iteration"], best)
 
     def export_teacher(self, iteration: int) -> Path | None:
         """Write the consolidated teacher backbone to `OUT/eval/training_<iteration>/` (collective)."""
@@ -235,14 +262,22 @@ class Trainer:
         bad_steps, last_saved, last_exported, exit_code = 0, start - 1, None, 0
         batches = self.loader.infinite()
         t_last, it = time.perf_counter(), start - 1
+        t_start = t_last
         if all_reduce_max(float(flag.requested)) > 0:  # signalled during start-up: nothing new to save
             exit_code, start = REQUEUE_EXIT_CODE, self.total_iterations
             logger.warning("preempted before the first step; exiting with %d for requeue", exit_code)
+        elif self.monitor is not None:
+            self.monitor.start()
+            self._keep_best_marked()
         try:
             for it in range(start, self.total_iterations):
                 batch = next(batches)
+                official = self.schedules.at(it)["teacher_temp"]
+                temp = self.temp_control.at(official) if self.temp_control.auto else None
                 metrics = train_step(self.model, self.optimizer, batch, self.schedules, it,
-                                     clip_grad=cfg.optim.clip_grad)
+                                     clip_grad=cfg.optim.clip_grad, teacher_temp=temp)
+                if temp is not None:  # collective
+                    self.temp_control.update(metrics, temp, self.schedules.at(it + 1)["teacher_temp"])
                 if metrics["skipped"]:
                     bad_steps += 1
                     logger.warning("iteration %d: non-finite loss (%s in a row), step skipped", it, bad_steps)
@@ -252,7 +287,10 @@ class Trainer:
                 else:
                     bad_steps = 0
                 self.train_state.images_seen += global_batch
-                if (it + 1) % log_period == 0 or it == start:
+                monitored = self.monitor is not None and self.monitor.due(it)
+                if monitored:
+                    metrics |= self.monitor.score(self.model.teacher["backbone"], it)
+                if (it + 1) % log_period == 0 or it == start or monitored:
                     now = time.perf_counter()
                     n_steps = log_period if it != start else 1
                     metrics["images_per_second"] = global_batch * n_steps / max(now - t_last, 1e-9)
@@ -263,13 +301,18 @@ class Trainer:
                     alarm = self.selfdistill.update(it, metrics)
                     metric_logger.log(it, metrics)
                     if alarm:
-                        logger.warning("iteration %d: %s", it, alarm)
+                        downstream = self.monitor.summary() if self.monitor is not None else None
+                        logger.warning("iteration %d: %s%s", it, alarm,
+                                       f". The downstream monitor: {downstream}" if downstream else "")
                     for problem in self.watch.check(metrics) if it >= self.selfdistill.start else []:
                         logger.warning("iteration %d: collapse watch: %s", it, problem)
                     t_last = now
-                if self.checkpointer.should_save(it + 1) or it + 1 == self.total_iterations:
+                new_best = monitored and self.monitor.update_best(it, metrics)
+                if self.checkpointer.should_save(it + 1) or it + 1 == self.total_iterations or new_best:
                     self.save(it)
                     last_saved = it
+                if new_best:
+                    self.checkpointer.mark_best(it, self.monitor.best)
                 if eval_period > 0 and (it + 1) % eval_period == 0:
                     self.export_teacher(it)
                     last_exported = it
@@ -288,6 +331,20 @@ class Trainer:
             self.export_teacher(final)
         if dist.is_initialized():
             dist.barrier()
+        if self.monitor is not None and self.monitor.seconds_total:
+            wall = time.perf_counter() - t_start
+            spent = self.monitor.seconds_total
+            logger.info("downstream monitor: %.1f s in all, %.1f%% of this run's %.0f s; best %s", spent,
+                        100 * spent / wall, wall, self.monitor.best)
         logger.info("stopped after %d/%d iterations (exit code %d)", it + 1, self.total_iterations, exit_code)
+        if self.dist.is_main:
+            self.write_report()
         return exit_code
+
+    def write_report(self) -> None:
+        """The run report (`OUT/report.md`, `.html`); a failure to draw it is a warning, not a failed run."""
+        try:
+            write_run_report(self.run_dir)
+        except Exception as err:  # noqa: BLE001 - the training itself succeeded
+            logger.warning("could not write the run report: %s", err)
 

@@ -309,3 +309,52 @@ except CheckpointError as err:
     assert "ERROR saving checkpoint" in proc.stdout and "File too large" in proc.stdout, proc.stdout
     assert "nothing committed" in proc.stdout and "Traceback" not in proc.stderr
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1"]
+
+
+def test_the_best_checkpoint_is_kept_beyond_the_last_n_and_replaced_atomically(tmp_path):
+    ckpt = manager(tmp_path, max_to_keep=2)
+    model, _ = make(0)
+    states = {"model": ModelOptimizerState(model, None)}
+    ckpt.save(1, states)
+    ckpt.mark_best(1, {"metric": "monitor_knn", "score": 0.5})
+    for it in (2, 3, 4):
+        ckpt.save(it, states)
+    assert sorted(p.name for p in ckpt.ckpt_dir.iterdir() if p.is_dir()) == ["1", "3", "4"]  # 1: the best
+    folder, record = ckpt.best()
+    assert folder == ckpt.ckpt_dir / "1" and record == {"iteration": 1, "metric": "monitor_knn", "score": 0.5}
+    ckpt.mark_best(4, {"metric": "monitor_knn", "score": 0.7})
+    assert sorted(p.name for p in ckpt.ckpt_dir.iterdir() if p.is_dir()) == ["3", "4"]  # the old best goes
+    assert ckpt.best()[0] == ckpt.ckpt_dir / "4"
+    with pytest.raises(CheckpointError, match="cannot mark checkpoint 9 as the best"):
+        ckpt.mark_best(9, {})
+
+
+@pytest.mark.parametrize("crash", ["during the save of the new best", "before the old best is deleted"])
+def test_kill_9_while_the_best_is_replaced_leaves_a_complete_best(tmp_path, crash):
+    """A real SIGKILL of a child process at the two points of a replacement; best.json always names a checkpoint
+    that loads, and the next save of a fresh manager tidies up."""
+    kill = "os.kill(os.getpid(), signal.SIGKILL)"
+    hook = (f"ckpt.before_commit = lambda tmp: {kill}" if crash.startswith("during") else  # the 2nd policy: mark_best's
+            f"keep, calls = ckpt._apply_keep_policy, []\nckpt._apply_keep_policy = lambda: calls.append(1) or "
+            f"(keep() if len(calls) == 1 else {kill})")
+    code = f"""
+import os, signal, sys
+sys.path.insert(0, {str(REPO)!r})
+from dinov3_us.checkpointer import CheckpointManager, TrainState
+ckpt = CheckpointManager({str(tmp_path / "ckpt")!r}, period=1, max_to_keep=1, keep_every=0)
+ckpt.save(1, {{"train": TrainState(iteration=1)}})
+ckpt.mark_best(1, {{"score": 0.5}})
+{hook}
+ckpt.save(2, {{"train": TrainState(iteration=2)}})
+ckpt.mark_best(2, {{"score": 0.7}})
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    ckpt = manager(tmp_path, max_to_keep=1)
+    folder, record = ckpt.best()
+    expected = 1 if crash.startswith("during") else 2
+    assert record["iteration"] == expected and invalid_reason(folder) is None
+    state = TrainState()
+    assert ckpt.load({"train": state}, folder) == expected and state.iteration == expected
+    ckpt.save(3, {"train": TrainState(iteration=3)})
+    assert sorted(p.name for p in ckpt.ckpt_dir.iterdir() if p.is_dir()) == sorted({str(expected), "3"})

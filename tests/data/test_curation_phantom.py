@@ -8,7 +8,7 @@ import pytest
 from curation_testutil import build, check_consistent, decode, digest
 
 from dinov3_us.data.curation import writer
-from dinov3_us.data.curation.phantom_render import CLASSES, render, render_png
+from dinov3_us.data.curation.phantom_render import CLASSES, COARSE_PLANES, plane_of, render, render_png
 from dinov3_us.errors import DataError
 
 
@@ -21,11 +21,19 @@ def test_render_is_a_pure_function_of_seed_index_size():
     assert image[0, 0] == 0 and image.max() > 100  # black outside the fan, bright skull inside
 
 
-def test_classes_differ_only_in_inner_structures():
-    # averaged over seeds, the class means differ, but by little compared with the image itself
-    means = [np.mean([render(s, c, 64).astype(float) for s in range(6)], axis=0) for c in range(3)]
-    diffs = [np.abs(means[i] - means[j]).mean() for i, j in ((0, 1), (0, 2), (1, 2))]
-    assert all(0 < d < 0.25 * means[0].mean() for d in diffs)
+def test_brain_planes_differ_only_in_inner_structures_coarse_planes_in_large_ones():
+    """Averaged over seeds, the brain planes' means differ by little compared with the image itself; a coarse
+    plane's mean differs from a brain plane's by more than the brain planes differ from each other."""
+    def mean_image(index):
+        return np.mean([render(s, index, 64).astype(float) for s in range(8)], axis=0)
+
+    assert [plane_of(i)[0] for i in range(8)] == ["thalami", "abdomen", "ventricles", "femur", "cerebellum",
+                                                   "heart", "thalami", "cervix"]
+    brain = [mean_image(2 * c) for c in range(3)]  # thalami, ventricles, cerebellum
+    diffs = [np.abs(brain[i] - brain[j]).mean() for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert all(0 < d < 0.25 * brain[0].mean() for d in diffs)
+    coarse = [mean_image(2 * c + 1) for c in range(4)]  # abdomen, femur, heart, cervix
+    assert min(np.abs(c - brain[0]).mean() for c in coarse) > max(diffs)
 
 
 def test_phantom_build_is_deterministic_balanced_and_readable(tmp_path):
@@ -34,11 +42,15 @@ def test_phantom_build_is_deterministic_balanced_and_readable(tmp_path):
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert m1["counts"] == m2["counts"] and m1["synthetic"] is True
     totals = {c: sum(t.get(c, 0) for t in m1["counts"].values()) for c in CLASSES}
-    assert totals == {c: 10 for c in CLASSES}
-    assert m1["labels"] == list(CLASSES) and set(m1["counts"]) == {"train", "val", "test"}
+    assert totals == {c: 5 for c in CLASSES}  # the even indices; the odd ones are coarse planes
+    assert m1["labels"] == list(CLASSES) and set(m1["counts"]) == {"train", "val", "test", "unlabelled"}
     samples = check_consistent(tmp_path / "a")
     meta = samples["train"][0]["meta"]
     assert meta["synthetic"] is True and meta["source"] == "phantom" and meta["size"] == [48, 48]
+    assert meta["plane"] == meta["label"] in CLASSES
+    coarse = samples["unlabelled"]
+    assert len(coarse) == 15 and all(x["meta"]["plane"] in COARSE_PLANES and x["meta"].get("label") is None
+                                     for x in coarse)
     assert decode(samples["train"][0]["png"]).shape == (48, 48)
     other = build(tmp_path / "c", source="phantom", num_samples=30, image_size=48, seed=7)
     assert digest(tmp_path / "c") != digest(tmp_path / "a") and other["num_samples"] == 30

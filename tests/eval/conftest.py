@@ -24,9 +24,9 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
-    """48 synthetic fetal-head images of 32 px in 3 classes, split by patient (tools/build_dataset.py)."""
+    """48 brain-plane images of 32 px in 3 classes, split by patient, + 48 coarse planes (tools/build_dataset.py)."""
     out = tmp_path_factory.mktemp("eval_phantom") / "phantom"
-    proc = run_tool("build_dataset.py", "--source", "phantom", "--out", out, "--num-samples", 48,
+    proc = run_tool("build_dataset.py", "--source", "phantom", "--out", out, "--num-samples", 96,
                     "--image-size", 32, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     return out

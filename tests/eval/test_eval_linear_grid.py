@@ -11,6 +11,7 @@ from dinov3_us.errors import ConfigError
 from dinov3_us.eval.config import LinearConfig
 from dinov3_us.eval.features import FeatureSet, linear_input
 from dinov3_us.eval.linear import (
+    MIN_ITERATIONS_PER_EPOCH,
     CachedFeatures,
     LinearHeadGrid,
     _index_stream,
@@ -62,7 +63,7 @@ def test_each_head_follows_torch_sgd_with_cosine_exactly():
     lin = torch.nn.Linear(3 * D, C)
     lin.weight.data, lin.bias.data = reference.weights[0][1].detach().clone(), reference.biases[0][1].detach().clone()
     opt = torch.optim.SGD(lin.parameters(), lr=0.5 * 16 / 256, momentum=0.9, weight_decay=1e-3)
-    total = 3 * math.ceil(90 / 16)
+    total = 3 * max(math.ceil(90 / 16), MIN_ITERATIONS_PER_EPOCH)  # one pass per epoch, at least 10 steps
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total, eta_min=0)
     stream, y, src = _index_stream(90, torch.Generator().manual_seed(0)), torch.as_tensor(fs.targets), fs.tensors
     src = CachedFeatures(fs)

@@ -228,3 +228,23 @@ def test_submit_eval_help_is_about_evaluation_jobs():
     assert "--nodes NODES not used: each evaluation job runs on one node" in text
     pretrain = " ".join(submit_pretrain.build_parser().format_help().split())
     assert "--nodes NODES nodes for pretraining" in pretrain and "checkpoints and requeues itself" in pretrain
+
+
+def test_the_conversion_job_takes_the_checkpoint_the_launch_asks_for(tmp_path):
+    from dinov3_us.checkpointer import CheckpointManager, TrainState
+    from dinov3_us.run_dir import RunDir
+    from launchers.stages import ConvertJob
+
+    run = RunDir(tmp_path / "run")
+    ckpt = CheckpointManager(run.ckpt, period=1, max_to_keep=5, keep_every=0)
+    for it in (3, 7):
+        ckpt.save(it, {"train": TrainState(iteration=it)})
+
+    def job(select):
+        return ConvertJob("convert", run, str(tmp_path), source=run, select=select)
+
+    assert job("auto").resolve() == run.ckpt / "7" and job("best").resolve() is None  # no monitor, no best
+    assert "ckpt/<best>" in job("best").command()
+    ckpt.mark_best(3, {"metric": "monitor_knn", "score": 0.6})
+    assert job("auto").resolve() == job("best").resolve() == run.ckpt / "3"
+    assert job("latest").resolve() == run.ckpt / "7"

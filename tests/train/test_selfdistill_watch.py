@@ -139,3 +139,15 @@ def test_progress_line_reads_the_last_logged_iteration(tmp_path):
     record["selfdistill_stalled"] = 1.0
     (tmp_path / "training_metrics.jsonl").write_text(json.dumps(record) + "\n")
     assert "WARNING: self-distillation has not started" in progress_line(tmp_path)
+
+
+def test_progress_line_shows_the_downstream_monitors_last_scores_beside_random_init(tmp_path):
+    from dinov3_us.train.metric_logger import progress_line
+
+    (tmp_path / "config.yaml").write_text("optim:\n  epochs: 10\ntrain:\n  OFFICIAL_EPOCH_LENGTH: 100\n")
+    monitored = {"iteration": 299, "monitor_knn": 0.6123, "monitor_knn_random": 0.44, "monitor_linear": 0.58,
+                 "monitor_linear_random": 0.401}
+    later = {"iteration": 339, "images_per_second": 85.24, "dino_loss_ratio": 0.9871}
+    (tmp_path / "training_metrics.jsonl").write_text(json.dumps(monitored) + "\n" + json.dumps(later) + "\n")
+    assert progress_line(tmp_path) == ("it 340/1000 (34%), 85.2 img/s, DINO loss 0.987 ln K, kNN 0.612 (random 0.440), "
+                                       "linear 0.580 (random 0.401)")

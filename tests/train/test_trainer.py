@@ -28,9 +28,11 @@ def test_run_writes_every_output_and_resumes(tmp_path, phantom_shards):
     names = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "tb" not in p.parts}
     ckpt_files = {f"ckpt/{it}/{f}" for it in (7, 11) for f in (".metadata", "__0_0.distcp", "COMPLETE.json",
                                                                    "rank0.pt")}
+    report = {"report.md", "report.html", *(f"report/{f}.png" for f in ("selfdistill", "losses", "schedules",
+                                                                        "throughput"))}  # no monitor: too few
     assert names == {"config.yaml", ".train.lock", "log.txt", "training_metrics.jsonl",
                      "eval/training_11/teacher_checkpoint.pth",
-                     "eval/training_11/teacher_checkpoint.json"} | ckpt_files | {
+                     "eval/training_11/teacher_checkpoint.json"} | ckpt_files | report | {
                      f"ckpt/3/{f}" for f in (".metadata", "__0_0.distcp", "COMPLETE.json", "rank0.pt")}
     assert list((out / "tb").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "training_metrics.jsonl").read_text().splitlines()]

@@ -1,9 +1,11 @@
-"""`phantom`: SYNTHETIC fetal-head ultrasound-like images from `phantom_render` (no clinical data, no download).
+"""`phantom`: SYNTHETIC fetal-ultrasound-like images from `phantom_render` (no clinical data, no download).
 
 The default data of the README demo and of tests: `--num-samples` images (default 96) of
-`--image-size` pixels (default 96), in three classes (thalami / ventricles / cerebellum-like inner
-structures) of equal size; sample i has class i % 3 and synthetic patient i // 3. Splits are drawn
-by patient: `--val-fraction` / `--test-fraction` (default 15% / 15%), seed `--seed`, the rest train.
+`--image-size` pixels (default 96), half of them brain planes in three labelled classes of equal size
+(thalami / ventricles / cerebellum-like inner structures, one of each per synthetic patient), half
+coarse planes (abdomen, femur, heart, cervix) in the `unlabelled` split, as a pool of public fetal
+ultrasound mixes varied planes with look-alike brain planes. The brain planes' splits are drawn by
+patient: `--val-fraction` / `--test-fraction` (default 15% / 15%), seed `--seed`, the rest train.
 Every image is a pure function of (seed, index, size), so builds are reproducible.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from dinov3_us.data.curation.phantom_render import CLASSES, render_png
+from dinov3_us.data.curation.phantom_render import CLASSES, plane_of, render_png
 from dinov3_us.data.curation.records import Record, safe_key
 from dinov3_us.data.curation.sources.common import SourcePlan, reject, require_task
 from dinov3_us.data.curation.splits import assign_by_group
@@ -40,19 +42,23 @@ def read(cfg, skips) -> SourcePlan:
     name = cfg.name or NAME
     records = []
     for i in range(n):
-        patient = f"p{i // 3:05d}"
+        plane, patient = plane_of(i)
         meta = {
             "source": name,
             "task": task,
             "patient": patient,
+            "plane": plane,
             "synthetic": True,
             "file": f"phantom:seed={cfg.seed}/index={i}/size={size}",
         }
         generator = partial(render_png, cfg.seed, i, size)
         key = safe_key(name, f"{i:06d}")
-        records.append(Record(key, "train", CLASSES[i % 3], patient, generator=generator, meta=meta))
+        labelled = plane in CLASSES  # the coarse planes are pretraining data only
+        records.append(Record(key, "train" if labelled else "unlabelled", plane if labelled else None, patient,
+                              generator=generator, meta=meta))
     val, test = cfg.fraction("val", SPLIT_FRACTIONS["val"]), cfg.fraction("test", SPLIT_FRACTIONS["test"])
     assign_by_group(records, {"val": val, "test": test}, cfg.seed, label_order=CLASSES)
-    policy = f"synthetic; by synthetic patient: {val:.0%} val, {test:.0%} test, seed {cfg.seed}"
+    policy = (f"synthetic; brain planes by synthetic patient: {val:.0%} val, {test:.0%} test, seed {cfg.seed}; "
+              "coarse planes -> unlabelled")
     extra = {"synthetic": True, "num_samples": n, "image_size": size}
     return SourcePlan(records, task, list(CLASSES), policy, extra)
