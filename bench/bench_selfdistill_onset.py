@@ -45,7 +45,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from study_hc18 import run  # noqa: E402  (bench/ is this script's folder)
+from stamp import stamp  # noqa: E402  (bench/ is this script's folder)
+from study_hc18 import run  # noqa: E402
 
 from dinov3_us.configs import load_config  # noqa: E402
 from dinov3_us.train.monitor import dino_loss_ratio  # noqa: E402
@@ -342,7 +343,8 @@ def main() -> int:
     plot(rows, results.with_suffix(".png"), f"When self-distillation starts ({args.iterations} iterations, {size})")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({
-        "benchmark": stem, "command": "python bench/bench_selfdistill_onset.py " + " ".join(sys.argv[1:]),
+        "benchmark": stem, "stamp": stamp(),
+        "command": "python bench/bench_selfdistill_onset.py " + " ".join(sys.argv[1:]),
         "iterations": args.iterations, "epoch_length": args.epoch_length, "seed": args.seed, "onset_threshold": ONSET,
         "started_threshold": STARTED,
         "base_overrides": None if args.presets else BASE, "scale_down": SCALE_DOWN[args.size] if args.presets else None,

@@ -213,7 +213,7 @@ def report_failures(data: dict[str, Any], stream=sys.stdout) -> bool:
 
 
 def print_report(data: dict[str, Any], stream=sys.stdout) -> None:
-    """Print the evaluation table (`OUT/eval/comparison.md`) and where the report files are."""
+    """Print the evaluation table (`OUT/eval/comparison.md`), where the reports are and the run report's summary."""
     report = data.get("report")
     if report and Path(report).is_file():
         print("\n" + Path(report).read_text(encoding="utf-8").rstrip(), file=stream)
@@ -223,6 +223,9 @@ def print_report(data: dict[str, Any], stream=sys.stdout) -> None:
     if data.get("output_dir") and run_report.is_file():
         print(f"Run report (training curves, downstream monitor, evaluations): {run_report} "
               f"(and {run_report.with_suffix('.md').name})", file=stream)
+        md = run_report.with_suffix(".md")
+        head = md.read_text(encoding="utf-8").split("\n## ")[0] if md.is_file() else ""
+        print("\n".join(line for line in head.splitlines() if line.startswith("- **")), file=stream)  # its summary
 
 
 def watch(jobs_file: JobsFile, poll_s: float = 10.0, stream=sys.stdout, timeout_s: float | None = None) -> int:

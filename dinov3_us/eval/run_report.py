@@ -218,8 +218,13 @@ def _status(run: RunDir, cfg: dict, records: list[dict]) -> list[str]:
     stalled = [r for r in records if r.get("selfdistill_stalled")]
     if records and "dino_loss_ratio" in records[-1]:
         now = records[-1]
+        first = next((r for r in records if r.get("dino_loss_ratio", 1.0) < SELFDISTILL_THRESHOLD), None)
         lines.append(f"- **Self-distillation:** DINO loss {now['dino_loss_ratio']:.3f} ln K, target entropy "
-                     f"{now.get('target_entropy', float('nan')):.3f} at iteration {now['iteration'] + 1}"
+                     f"{now.get('target_entropy', float('nan')):.3f} at iteration {now['iteration'] + 1}; the DINO "
+                     "loss " + (f"first below {SELFDISTILL_THRESHOLD} ln K at iteration {first['iteration'] + 1}"
+                                if first else f"never below {SELFDISTILL_THRESHOLD} ln K")
+                     + "; the self-distillation alarm "
+                     + (f"fired at iteration {stalled[0]['iteration'] + 1}" if stalled else "never fired")
                      + (". WARNING: the alarm is on: self-distillation has not started; " + DECISIVE_KNOBS
                         if stalled and stalled[-1] is now else ""))
     return lines

@@ -110,6 +110,9 @@ def test_the_official_knobs_trip_the_alarm_on_a_tiny_run(tmp_path, phantom_shard
     from dinov3_us.train.metric_logger import progress_line
 
     assert "WARNING: self-distillation has not started" in progress_line(tmp_path / "run")
+    first = next(r["iteration"] + 1 for r in records if r["selfdistill_stalled"] == 1.0)
+    report = (tmp_path / "run" / "report.md").read_text()  # the run report's summary, as `make demo` prints it
+    assert f"never below 0.97 ln K; the self-distillation alarm fired at iteration {first}." in report
 
 
 def test_the_small_data_knobs_leave_the_plateau_on_hc18_and_do_not_trip_it(tmp_path, data_dir):
@@ -124,6 +127,7 @@ def test_the_small_data_knobs_leave_the_plateau_on_hc18_and_do_not_trip_it(tmp_p
     assert "self-distillation has not started" not in proc.stdout
     assert all(r.get("selfdistill_stalled", 0.0) == 0.0 for r in records)
     assert min(r["target_entropy"] for r in records if r["iteration"] >= 100) < 0.9  # informative targets
+    assert "the self-distillation alarm never fired" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_progress_line_reads_the_last_logged_iteration(tmp_path):
