@@ -15,7 +15,7 @@ import time
 from multiprocessing import resource_tracker
 
 import pytest
-from procs import Proc, live_processes
+from procs import Proc, descendants, live_processes
 
 SESSION_VAR = "DINOV3_US_TEST_SESSION"
 GRACE_S = 15.0  # a process ending as the last test ends is not a leak
@@ -31,19 +31,8 @@ def started_by_this_session() -> list[Proc]:
     me = os.getpid()
     # pytest's own multiprocessing resource tracker (a test used a spawn context) ends with pytest: not a leak
     tracker = getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
-    procs = [p for p in live_processes() if p.pid not in (me, tracker)]
-    parents = {p.pid: p.ppid for p in procs}
-
-    def descends_from_me(pid: int) -> bool:
-        for _ in range(64):
-            pid = parents.get(pid, 0)
-            if pid == me:
-                return True
-            if pid <= 1:
-                return False
-        return False
-
-    return [p for p in procs if descends_from_me(p.pid) or p.environ_has(mark)]
+    mine = {p.pid for p in descendants(me)}
+    return [p for p in live_processes() if p.pid not in (me, tracker) and (p.pid in mine or p.environ_has(mark))]
 
 
 def pytest_sessionfinish(session, exitstatus):

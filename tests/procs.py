@@ -6,6 +6,9 @@ waiting for their parent to collect them) are not live.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +56,34 @@ def in_group(pgid: int) -> list[Proc]:
 def children(pid: int) -> list[Proc]:
     """The live processes whose parent is `pid`."""
     return [p for p in live_processes() if p.ppid == pid]
+
+
+def descendants(pid: int) -> list[Proc]:
+    """The live processes below `pid` (children, their children, ...), whatever session or group they are in."""
+    procs = live_processes()
+    below, frontier = [], {pid}
+    while frontier:
+        found = [p for p in procs if p.ppid in frontier]
+        below += found
+        frontier = {p.pid for p in found}
+    return below
+
+
+def kill_tree(pid: int, timeout_s: float = 30.0) -> list[int]:
+    """SIGKILL `pid` and every process below it, wait until none of them is alive; returns those still alive.
+
+    A process group is not enough where a child starts its own session: torchrun does so for its workers,
+    so `os.killpg(torchrun)` leaves the ranks running, holding the run folder's lock.
+    """
+    targets = [pid, *(p.pid for p in descendants(pid))]
+    for target in targets:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    live = {p.pid for p in live_processes()}
+    while any(t in live for t in targets[1:]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        live = {p.pid for p in live_processes()}
+    return [t for t in targets[1:] if t in live]

@@ -3,7 +3,6 @@ per-iteration losses exactly; the same checkpoint resumes on 1 process (2 -> 1 r
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from procs import kill_tree
 
 from dinov3_us.checkpointer import TrainState
 
@@ -66,7 +66,7 @@ def test_sigkill_and_resume_is_exact_and_reshards_to_one_process(tmp_path, phant
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its checkpoint at iteration 7"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+    assert kill_tree(proc.pid) == []  # torchrun and both ranks (in sessions of their own), mid-run
     proc.wait()
     subprocess.run(["cp", "-r", str(killed), str(single)], check=True)
 
