@@ -242,8 +242,8 @@ def evaluate(task: str, cfg: EvalConfig, out_dir: str | os.PathLike,
         results = runner(ctx)
         if cfg.report.baseline == "random" and ctx.backbone.kind != "random":
             logger.info("baseline: a random initialisation of the same architecture on the same splits")
-            base_ctx = EvalContext(task, ctx.cfg, out / "baseline_random", info, like=ctx.backbone,
-                                   explicit=explicit)
+            base_out = ensure_writable_dir(out / "baseline_random", "--output-dir")
+            base_ctx = EvalContext(task, ctx.cfg, base_out, info, like=ctx.backbone, explicit=explicit)
             start_base = time.perf_counter()
             base_results = runner(base_ctx)
             if info.is_main:

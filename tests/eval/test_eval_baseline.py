@@ -53,6 +53,18 @@ def test_baseline_is_the_same_architecture_scored_on_the_same_samples(tool, weig
     assert "Against a random initialisation" in compared.stdout and f"{v['difference']:+.3f}" in compared.stdout
 
 
+def test_a_segmentation_baseline_writes_into_its_own_folder(weights, blob_dir, tmp_path):
+    out = tmp_path / "seg"  # its figures too: the baseline's folder used to be created only by its results
+    proc = run_tool("eval_segmentation.py", "--pretrained-weights", weights, "--train-dataset", f"{blob_dir}:train",
+                    "--val-dataset", f"{blob_dir}:val", "--test-datasets", f"{blob_dir}:test", "--image-size", 32,
+                    "--output-dir", out, "--no-progress", "report.bootstrap=50", "report.baseline=random",
+                    "segmentation.epochs=2", "segmentation.learning_rates=[0.1]")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "baseline_random" / "examples.png").stat().st_size > 0
+    assert json.loads((out / "baseline_random" / "results.json").read_text())["weights"]["kind"] == "random"
+    assert "vs_random" in json.loads((out / "results.json").read_text())
+
+
 def test_chance_levels_of_an_imbalanced_test_set():
     y = np.array([0] * 8 + [1] * 2)
     levels = chance_levels(y, 2, "accuracy", n=2000, seed=0)
