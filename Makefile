@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 # system CUDA build, visible through --system-site-packages, is kept as it is).
 TORCH_PIN ?= torch==2.13.0
 
-# make demo: phantom shards -> small-data pretraining (2 CPU processes) -> convert -> linear probe + kNN, each
+# make demo: phantom shards -> small-data pretraining (2 CPU processes; it writes the teacher) -> linear probe + kNN, each
 # also on a random initialisation of the same architecture (paired difference, chance level), through the same
 # launcher as a cluster run (--cluster local). make demo-real: the same on HC18 from ../shared/data.
-# The recipe is configs/train/small_cpu.yaml (the small-data knobs; README "When self-distillation starts")
+# The recipe is configs/train/small_cpu.yaml (the small-data knobs; docs/selfdistill_onset.md)
 # at a global batch of 16 (2 processes x 8), 100-iteration epochs, with the teacher temperature that adapts
-# (teacher.temp_control=auto: at this budget the fixed 0.01 leaves the DINO loss at ln K on the phantom; README
-# "make demo"); the self-distillation alarm after 60 stalled iterations past the warm-up, so that a demo that
+# (teacher.temp_control=auto: at this budget the fixed 0.01 leaves the DINO loss at ln K on the phantom;
+# docs/demo.md); the self-distillation alarm after 60 stalled iterations past the warm-up, so that a demo that
 # does not learn says so. The phantom: DEMO_SAMPLES images, half of them the labelled brain planes.
 DEMO_DIR ?= runs/demo
 DEMO_REAL_DIR ?= runs/demo-real
@@ -26,7 +26,7 @@ DEMO_LAUNCH = $(PY) launchers/submit_pretrain.py --cluster local --nodes 1 --gpu
 	--config-file configs/train/small_cpu.yaml train.batch_size_per_gpu=8 train.OFFICIAL_EPOCH_LENGTH=100 \
 	checkpointing.period=100 evaluation.eval_period_iterations=0 train.selfdistill_alarm_iterations=60
 
-.PHONY: install demo demo-real test lint clean
+.PHONY: install demo demo-real test test-fast lint clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -62,6 +62,12 @@ demo-real: install
 test: install
 	$(PY) -m ruff check .
 	bash launchers/with_local_slurm.sh $(PY) -m pytest -q tests
+
+# make test-fast: the unit tests only, for the edit-test loop (budget: two minutes on 2 cores). It leaves out what is
+# marked slow (over 5 s: subprocess and multi-process trainings, real data, torch.compile, the bench scripts) or
+# slurm; tests/README.md says what each mark means. make test, which runs everything, stays the check before a merge.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not slurm" tests
 
 lint: install
 	$(PY) -m ruff check .

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
+from stamp import stamp
 
-import torch  # noqa: E402
-
-from dinov3_us.layers.attention_backends import (  # noqa: E402
+from dinov3_us.layers.attention_backends import (
     available_backends,
     resolve_backend,
     scaled_dot_product_attention,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 SHAPES = {"global 224px (ViT-S/16, 11 of 16 crops kept)": (11, 6, 201, 64),
           "local 96px (ViT-S/16, 44 of 64 crops kept)": (44, 6, 41, 64)}
@@ -88,9 +87,7 @@ def main() -> int:
             print(f"{row['dtype']:8} {name:45} {ms}  (auto: {row['auto_picks']})", flush=True)
     out = Path(args.output or REPO / f"bench/results/attention_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "attention", "device": device.type, "torch": torch.__version__,
-                               "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                               "command": "python bench/bench_attention.py " + " ".join(sys.argv[1:]),
+    out.write_text(json.dumps({"benchmark": "attention", "stamp": stamp(), "device": device.type,
                                "results": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from stamp import stamp
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from dinov3_us.checkpointer import CheckpointManager, ModelOptimizerState, damaged_files
+from dinov3_us.configs import get_default_config
+from dinov3_us.models import build_model
 
-from dinov3_us.checkpointer import CheckpointManager, ModelOptimizerState, damaged_files  # noqa: E402
-from dinov3_us.configs import get_default_config  # noqa: E402
-from dinov3_us.models import build_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"save {save_s:6.2f} s (includes a CRC pass)   CRC-32 pass {crc_s:5.2f} s   load {load_s:6.2f} s   "
                   f"{nbytes / 2**30:.2f} GiB", flush=True)
     best = {k: min(r[k] for r in rows) for k in ("save_s", "crc32_pass_s", "load_s")}
-    result = {"arch": args.arch, "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+    result = {"stamp": stamp(), "arch": args.arch,
+              "parameters_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
               "checkpoint_gib": rows[0]["checkpoint_gib"], "runs": rows, "best": best,
               "crc_share_of_save": round(best["crc32_pass_s"] / best["save_s"], 3),
               "crc_share_of_load": round(best["crc32_pass_s"] / best["load_s"], 3),
-              "crc_gib_per_s": round(rows[0]["checkpoint_gib"] / best["crc32_pass_s"], 2),
-              "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads()}}
+              "crc_gib_per_s": round(rows[0]["checkpoint_gib"] / best["crc32_pass_s"], 2)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("checkpoint_gib", "best", "crc_share_of_save", "crc_gib_per_s")}))

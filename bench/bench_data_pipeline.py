@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from stamp import stamp
+
+from dinov3_us.data.loader import make_data_loader
+from dinov3_us.data.shards import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dinov3_us.data.loader import make_data_loader  # noqa: E402
-from dinov3_us.data.shards import write_shard  # noqa: E402
 
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "hc18" / "training_set"
 
@@ -122,15 +119,15 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
+        "stamp": stamp(),
         "samples_per_s_per_worker": {k: round(v, 2) for k, v in runs.items()},
         "shards_vs_folder": {n: round(runs[f"{n}_shards"] / runs[f"{n}_folder"], 3)
                              for n in ("decode", "decode_multicrop")},
         "images": {"source": origin, "count": len(paths), "mean_size_wh": np.mean(sizes, axis=0).round(1).tolist(),
                    "png_mb": png_mb},
         "crops": crop_config,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads_per_worker": 1, "torch": torch.__version__,
-                    "numpy": np.__version__, "pillow": Image.__version__, "python": platform.python_version(),
-                    "platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+        "libraries": {"numpy": np.__version__, "pillow": Image.__version__},
+        "torch_threads_per_worker": 1,
         "method": f"best of {args.repeats} interleaved passes; per worker = one process, num_workers=0",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,16 @@ import time
 from pathlib import Path
 
 import torch
+from stamp import stamp
+
+from dinov3_us.eval.backbone import load_eval_backbone
+from dinov3_us.eval.config import OFFICIAL_LEARNING_RATES, LinearConfig
+from dinov3_us.eval.data import EvalDataset, EvalTransform, assign_targets
+from dinov3_us.eval.features import embed_batch, extract_features
+from dinov3_us.eval.linear import CachedFeatures, make_grid, predict_grid, train_linear_grid
+from dinov3_us.eval.metrics import classification_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dinov3_us.eval.backbone import load_eval_backbone  # noqa: E402
-from dinov3_us.eval.config import OFFICIAL_LEARNING_RATES, LinearConfig  # noqa: E402
-from dinov3_us.eval.data import EvalDataset, EvalTransform, assign_targets  # noqa: E402
-from dinov3_us.eval.features import embed_batch, extract_features  # noqa: E402
-from dinov3_us.eval.linear import CachedFeatures, make_grid, predict_grid, train_linear_grid  # noqa: E402
-from dinov3_us.eval.metrics import classification_metrics  # noqa: E402
-
 HC18 = REPO.parent / "shared" / "data" / "hc18"
 OUT = REPO / "bench" / "results" / "linear_probe_cache.json"
 
@@ -159,8 +157,7 @@ def main(argv=None) -> int:
         "identical_test_predictions": same_pred,
         "max_head_weight_difference": weight_diff,
         "same_best_head": cached_sum["best_head"] == online_sum["best_head"],
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                    "device": "cpu"},
+        "stamp": stamp(), "threads": args.threads, "device": "cpu",
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, default=lambda o: o.item() if hasattr(o, "item") else o))

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from stamp import REPO, stamp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stamp import REPO, stamp  # noqa: E402  (bench/ is this script's folder)
-
-from dinov3_us.data.curation.phantom_render import BRAIN_PLANES, plane_of, render  # noqa: E402
+from dinov3_us.data.curation.phantom_render import BRAIN_PLANES, plane_of, render
 
 
 def main() -> int:

@@ -33,23 +33,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from stamp import stamp
+from study_hc18 import run
+
+from dinov3_us.configs import load_config
+from dinov3_us.train.monitor import dino_loss_ratio
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from stamp import stamp  # noqa: E402  (bench/ is this script's folder)
-from study_hc18 import run  # noqa: E402
-
-from dinov3_us.configs import load_config  # noqa: E402
-from dinov3_us.train.monitor import dino_loss_ratio  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PY = sys.executable
@@ -349,8 +345,7 @@ def main() -> int:
         "started_threshold": STARTED,
         "base_overrides": None if args.presets else BASE, "scale_down": SCALE_DOWN[args.size] if args.presets else None,
         "wall_seconds": round(time.perf_counter() - start, 1),
-        "run_seconds_total": round(sum(r["wall_seconds"] or 0.0 for r in rows), 1), "cores": os.cpu_count(),
-        "machine": platform.machine(), "rows": rows}, indent=1) + "\n")
+        "run_seconds_total": round(sum(r["wall_seconds"] or 0.0 for r in rows), 1), "rows": rows}, indent=1) + "\n")
     print(f"wrote {results} and {results.with_suffix('.png')}")
     return 0
 

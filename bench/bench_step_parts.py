@@ -21,25 +21,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from stamp import stamp
+
+from dinov3_us.configs import load_config
+from dinov3_us.distributed import destroy_distributed, init_distributed
+from dinov3_us.fsdp import parallelize_meta_arch
+from dinov3_us.loss.cross_entropy import soft_cross_entropy
+from dinov3_us.loss.sinkhorn_knopp import sinkhorn_knopp
+from dinov3_us.train.optimizer import build_adamw
+from dinov3_us.train.ssl_meta_arch import SSLMetaArch
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from dinov3_us.configs import load_config  # noqa: E402
-from dinov3_us.distributed import destroy_distributed, init_distributed  # noqa: E402
-from dinov3_us.fsdp import parallelize_meta_arch  # noqa: E402
-from dinov3_us.loss.cross_entropy import soft_cross_entropy  # noqa: E402
-from dinov3_us.loss.sinkhorn_knopp import sinkhorn_knopp  # noqa: E402
-from dinov3_us.train.optimizer import build_adamw  # noqa: E402
-from dinov3_us.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
 
 
 @torch.no_grad()
@@ -148,10 +147,8 @@ def main() -> int:
         print(f"{name:34} " + ", ".join(f"{k} {v * 1e3:8.1f} ms" for k, v in row["seconds"].items()))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "step_parts", "torch": torch.__version__, "cores": os.cpu_count(),
-                               "threads": torch.get_num_threads(), "rows": args.rows,
+    out.write_text(json.dumps({"benchmark": "step_parts", "stamp": stamp(), "rows": args.rows,
                                "prototypes": args.prototypes, "repeats": args.repeats,
-                               "command": "python bench/bench_step_parts.py " + " ".join(sys.argv[1:]),
                                "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
     destroy_distributed()

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_data_pipeline import DEFAULT_IMAGES, source_images
+from stamp import stamp
+
+from dinov3_us.data.shards import read_samples, write_shard
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench_data_pipeline import DEFAULT_IMAGES, source_images  # noqa: E402
-
-from dinov3_us.data.shards import read_samples, write_shard  # noqa: E402
 
 
 def write_shards(paths: list[Path], shard_size: int, folder: Path) -> list[str]:
@@ -97,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:40s} ours {a:9.0f}/s   webdataset {b:9.0f}/s   x{a / b:.2f}", flush=True)
     import webdataset
 
-    result = {"images": source, "num_images": len(paths), "shard_size": k, "repeats": args.repeats,
-              "webdataset": webdataset.__version__, "python": platform.python_version(),
-              "cpu": platform.processor() or platform.machine(), "patterns": rows}
+    result = {"stamp": stamp(), "images": source, "num_images": len(paths), "shard_size": k, "repeats": args.repeats,
+              "webdataset": webdataset.__version__, "patterns": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -25,27 +25,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import torch
+from stamp import stamp
+
+from dinov3_us.configs import load_config
+from dinov3_us.data.pipeline import build_collate_fn
+from dinov3_us.distributed import init_distributed
+from dinov3_us.fsdp import parallelize_meta_arch
+from dinov3_us.train.flops import crop_forward_macs, measured_matmul_tflops, training_flops_per_image
+from dinov3_us.train.optimizer import build_adamw
+from dinov3_us.train.schedules import build_schedulers
+from dinov3_us.train.ssl_meta_arch import SSLMetaArch
+from dinov3_us.train.step import train_step
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from dinov3_us.configs import load_config  # noqa: E402
-from dinov3_us.data.pipeline import build_collate_fn  # noqa: E402
-from dinov3_us.distributed import init_distributed  # noqa: E402
-from dinov3_us.fsdp import parallelize_meta_arch  # noqa: E402
-from dinov3_us.train.flops import crop_forward_macs, measured_matmul_tflops, training_flops_per_image  # noqa: E402
-from dinov3_us.train.optimizer import build_adamw  # noqa: E402
-from dinov3_us.train.schedules import build_schedulers  # noqa: E402
-from dinov3_us.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
-from dinov3_us.train.step import train_step  # noqa: E402
 
 CPU = torch.device("cpu")
 RECIPES = {  # the shipped training configs, as users run them
@@ -187,9 +185,7 @@ def main() -> int:
         print(f"{r['recipe']:8} {r['param_dtype']:5} {'on' if r['compile'] else 'off':7} {r['images_per_second']:8.2f} "
               f"{s['median']:8.3f} ({s['min']:.3f}-{s['max']:.3f}) {r['gflops_per_image']:10.2f} {r['mfu']:6.1%} "
               f"{share:>16}")
-    result = {"benchmark": "train_step", "command": "python bench/bench_train_step.py " + " ".join(sys.argv[1:]),
-              "device": "cpu", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    result = {"benchmark": "train_step", "stamp": stamp(), "device": "cpu",
               "matmul_peak_tflops": {k: round(v, 4) for k, v in peaks.items()}, "results": rows}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

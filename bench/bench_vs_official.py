@@ -102,7 +102,6 @@ import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 RESULT_PREFIX = "BENCH_VS_OFFICIAL_RESULT "
 LOSS_KEYS = ("dino_local_crops_loss", "dino_global_crops_loss", "koleo_loss", "ibot_loss", "total_loss")
@@ -673,10 +672,9 @@ def main(argv=None) -> int:
         row["spec"] = spec
         rows.append(row)
         print_row(row)
-    import torch
+    from stamp import stamp  # bench/ is this script's folder
 
-    report = {"benchmark": "vs_official", "command": " ".join([sys.executable, *sys.argv]),
-              "torch": torch.__version__, "device": args.device, "cores": os.cpu_count(), "threads": args.threads,
+    report = {"benchmark": "vs_official", "stamp": stamp(), "device": args.device, "threads": args.threads,
               "official_repo": str(repo) if repo else None, "official_commit": official_commit(repo),
               "compile": args.compile,
               "warmup": args.warmup, "steps": args.steps,

@@ -24,22 +24,20 @@ import time
 from pathlib import Path
 
 import torch
+from bench_train_step import run
+from stamp import stamp
+
+from dinov3_us.checkpointer import CheckpointManager, ModelOptimizerState
+from dinov3_us.configs import load_config
+from dinov3_us.distributed import init_distributed
+from dinov3_us.fsdp import parallelize_meta_arch
+from dinov3_us.hub import dinov3_vits16
+from dinov3_us.layers.attention_backends import available_backends
+from dinov3_us.models.vision_transformer import DinoVisionTransformer
+from dinov3_us.train.flops import measured_matmul_tflops, peak_tflops
+from dinov3_us.train.ssl_meta_arch import SSLMetaArch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from bench_train_step import run  # noqa: E402
-
-from dinov3_us.checkpointer import CheckpointManager, ModelOptimizerState  # noqa: E402
-from dinov3_us.configs import load_config  # noqa: E402
-from dinov3_us.distributed import init_distributed  # noqa: E402
-from dinov3_us.fsdp import parallelize_meta_arch  # noqa: E402
-from dinov3_us.hub import dinov3_vits16  # noqa: E402
-from dinov3_us.layers.attention_backends import available_backends  # noqa: E402
-from dinov3_us.models.vision_transformer import DinoVisionTransformer  # noqa: E402
-from dinov3_us.train.flops import measured_matmul_tflops, peak_tflops  # noqa: E402
-from dinov3_us.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
 
 
 def _timed(fn, device: torch.device, repeats: int = 10) -> float:
@@ -116,7 +114,7 @@ def main() -> int:
     peak, source = peak_tflops(device)
     peaks = {"bf16": peak, "fp32": peak if cuda else measured_matmul_tflops(device)}
     print(f"device: {name}; bf16 peak {peak:.1f} TFLOP/s ({source})", flush=True)
-    result = {"device": name, "torch": torch.__version__, "peak_tflops_bf16": peak, "peak_source": source,
+    result = {"stamp": stamp(), "device": name, "peak_tflops_bf16": peak, "peak_source": source,
               "attention": check_attention(device), "train_steps": []}
     print(json.dumps(result["attention"], indent=1), flush=True)
     recipes = ["vits16", "vitb16"] if cuda else ["tiny"]

@@ -41,7 +41,7 @@ SHARED = REPO.parent / "shared" / "data"
 PY = sys.executable
 PRESET = REPO / "configs" / "train" / "small_cpu.yaml"
 # Pretraining recipes: the small-data preset as shipped (configs/train/small_cpu.yaml, whose knobs
-# bench/bench_selfdistill_onset.py and the README's "When self-distillation starts" explain), or that
+# bench/bench_selfdistill_onset.py and docs/selfdistill_onset.md explain), or that
 # preset with the official DINOv3 self-distillation choices put back.
 RECIPES = {
     # plain prototype layer (frozen for the first epoch), teacher temperature 0.04 -> 0.07, LayerScale 1e-5,

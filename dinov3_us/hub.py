@@ -3,7 +3,8 @@
 The architectures are those of the official LVD-1689M release (patch 16, 4 storage tokens, RoPE base
 100 with separate coordinate normalisation and training rescale 2, LayerScale 1e-5, LayerNorm eps
 1e-5, K-bias mask). Nothing is downloaded implicitly: pass `weights=` a local `.pth`/`.safetensors`
-file (or an explicit URL) of official or dinov3_us-converted weights; they load with `strict=True`.
+file (or an explicit URL) of official or dinov3_us-converted weights, or an HF / timm export
+(`dinov3_us.weights`); they load with `strict=True`.
 With `in_chans=1`, the RGB patch filters are summed into one grayscale channel.
 """
 
@@ -12,26 +13,11 @@ from __future__ import annotations
 import os
 
 from dinov3_us.errors import CheckpointError
-from dinov3_us.models import ARCHS
+from dinov3_us.models import ARCHS, RELEASED_KWARGS
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
-from dinov3_us.models.weights import load_backbone_weights
+from dinov3_us.weights.load import load_backbone_weights
 
-RELEASED_KWARGS = dict(
-    patch_size=16,
-    n_storage_tokens=4,
-    layerscale_init=1e-5,
-    norm_layer="layernormbf16",
-    mask_k_bias=True,
-    qkv_bias=True,
-    proj_bias=True,
-    ffn_bias=True,
-    ffn_layer="mlp",
-    ffn_ratio=4.0,
-    pos_embed_rope_base=100.0,
-    pos_embed_rope_normalize_coords="separate",
-    pos_embed_rope_rescale_coords=2.0,
-    pos_embed_rope_dtype="fp32",
-)
+__all__ = ["RELEASED_KWARGS", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vits16"]
 
 
 def _make(arch: str, pretrained: bool, weights: str | os.PathLike | None, **kwargs) -> DinoVisionTransformer:

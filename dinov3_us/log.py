@@ -1,4 +1,4 @@
-"""Logging setup shared by the command-line tools: one `dinov3_us` logger, rank-aware."""
+"""Logging setup shared by every command: one `dinov3_us` logger, rank-aware in a run."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ import sys
 from pathlib import Path
 
 
-def setup_logging(output_dir: str | Path, rank: int = 0) -> None:
-    """Console log on every rank (rank-prefixed; warnings only off rank 0), `output_dir/log.txt` on rank 0."""
+def setup_logging(output_dir: str | Path | None = None, rank: int = 0, verbose: bool = False) -> None:
+    """Configure the logs of a command; call once, at its start.
+
+    With `output_dir` (a training or an evaluation): a console log on every rank (rank-prefixed and
+    timestamped; warnings only off rank 0) and `output_dir/log.txt` on rank 0. Without (a launcher, a
+    tool): `LEVEL message` lines on the console, the package's own at INFO (DEBUG with `verbose`), other
+    libraries' from WARNING up.
+    """
+    if output_dir is None:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+        logging.getLogger("dinov3_us").setLevel(logging.DEBUG if verbose else logging.INFO)
+        return
     fmt = f"%(asctime)s [rank{rank}] %(levelname)s %(message)s"
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if rank == 0:

@@ -17,7 +17,7 @@ No rank waits long for a dead sibling. A rank that fails during the rendezvous w
 (the reason, one line) before it raises; the others see it within a poll and stop, naming that rank
 and its reason. A rank that never arrives (killed before it could write anything) stops the others
 after `start_timeout_s`. The launchers' supervisors end the siblings of a task that dies at any time
-within seconds: the local controller (`launchers/local_controller.py`) and `srun --kill-on-bad-exit`
+within seconds: the local controller (`dinov3_us/launch/local_controller.py`) and `srun --kill-on-bad-exit`
 (torchrun's agent does the same for its workers).
 """
 

@@ -5,7 +5,7 @@
     OUT/ckpt/<iteration>/            sharded checkpoints (COMPLETE.json marks a whole one)
     OUT/ckpt/best.json               the best checkpoint on the downstream monitor (iteration, metric, score)
     OUT/eval/training_<it>/teacher_checkpoint.pth   periodic teacher exports
-    OUT/teacher.pth (+ teacher.json) the converted teacher backbone
+    OUT/teacher.pth (+ teacher.json) the teacher backbone a completed run writes (evaluation.teacher_checkpoint)
     OUT/eval/<name>/                 one evaluation: results.json, summary.md, figures
     OUT/eval/comparison.md           the table of all evaluations of the run
     OUT/jobs.json, submitit/         the launch (launchers only)
@@ -66,7 +66,7 @@ class RunDir:
 
     @property
     def teacher(self) -> Path:
-        """The converted teacher backbone (official key format), `teacher.json` beside it."""
+        """The teacher backbone (official key format) that a completed run writes, `teacher.json` beside it."""
         return self.root / "teacher.pth"
 
     @property

@@ -1,24 +1,27 @@
-"""Consolidated backbone files: the teacher's weights in the official key format plus its architecture.
+"""Whole tensors out of sharded state: of a live (FSDP2 or plain) module, and of a saved DCP checkpoint.
 
-`OUT/eval/training_<it>/teacher_checkpoint.pth` (a plain state dict, loadable with `strict=True` by
-`DinoVisionTransformer` and by the official code) and `teacher_checkpoint.json` beside it
-(`{"arch": DinoVisionTransformer kwargs, "iteration": ..., "source": ...}`), written atomically.
+`full_state_dict(module)` gathers a module's unsharded state dict on CPU (collective); `iter_tensors`
+reads a checkpoint folder's tensors under a prefix one at a time without a process group, after
+checking that the checkpoint is complete and undamaged. What becomes of the tensors (a weights file
+in some format) is `dinov3_us.weights`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from dinov3_us.fileio import atomic_path, write_atomic
-
-logger = logging.getLogger("dinov3_us")
+from dinov3_us.checkpointer.checkpointer import damaged_files, invalid_reason
+from dinov3_us.errors import CheckpointError
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -27,18 +30,26 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(module, options=options)
 
 
-def save_backbone(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, arch: dict, **info) -> Path:
-    """Write weights (`.pth`, or `.safetensors` if that is the suffix) and `<stem>.json` beside them."""
-    path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+def _tensor_keys(ckpt: Path) -> dict[str, TensorStorageMetadata]:
+    metadata = FileSystemReader(str(ckpt)).read_metadata()
+    return {k: v for k, v in metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
 
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp))
-    else:
-        with atomic_path(path) as tmp:
-            torch.save(tensors, tmp)
-    write_atomic(path.with_suffix(".json"), json.dumps({"arch": arch, **info}, indent=2))
-    logger.info("wrote %s (%d tensors) and its architecture %s", path, len(tensors), path.with_suffix(".json").name)
-    return path
+
+def iter_tensors(ckpt: str | os.PathLike, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key without `prefix`, tensor) for every checkpoint tensor under `prefix`, one read at a time."""
+    ckpt = Path(ckpt)
+    reason = invalid_reason(ckpt)
+    if reason:
+        raise CheckpointError(f"{ckpt} is not a complete checkpoint: {reason}")
+    damaged = damaged_files(ckpt)
+    if damaged:
+        raise CheckpointError(f"{ckpt} is damaged: {', '.join(damaged)} do not match the CRC-32 in its COMPLETE.json")
+    reader = FileSystemReader(str(ckpt))
+    for key, meta in sorted(_tensor_keys(ckpt).items()):
+        if not key.startswith(prefix):
+            continue
+        tensor = torch.empty(meta.size, dtype=meta.properties.dtype)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load({key: tensor}, storage_reader=reader, no_dist=True)
+        yield key[len(prefix):], tensor

@@ -1,4 +1,7 @@
-"""Print a resolved config: `python -m dinov3_us.configs [--config-file F] [section.key=value ...]`."""
+"""Print a resolved config: `python -m dinov3_us.configs [--config-file F] [section.key=value ...]`.
+
+`--keys` prints every key instead: its type, default, valid values and documentation.
+"""
 
 import argparse
 import os
@@ -6,7 +9,7 @@ import sys
 
 import yaml
 
-from dinov3_us.configs.config import load_config
+from dinov3_us.configs.config import load_config, pretrain_schema
 from dinov3_us.errors import ConfigError
 
 
@@ -14,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     """Resolve defaults <- config file <- overrides and print the result as YAML (exit 2 on a bad config)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config-file", default=None)
+    parser.add_argument("--keys", action="store_true", help="list every key (type, default, valid values, doc)")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     try:
@@ -22,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False)
+        if args.keys:
+            print("\n".join(pretrain_schema().describe()))
+        else:
+            yaml.safe_dump(cfg.to_dict(), sys.stdout, sort_keys=False)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader stopped early (`| head`): not an error
         # Python flushes stdout again at exit; point it at devnull so that flush cannot fail too.

@@ -1,18 +1,19 @@
 """Validated run configuration: defaults <- --config-file <- `key=value` dotlist overrides.
 
-`ssl_default_config.yaml` beside this file is the single source of defaults and of the schema:
-every key a run may set is there, and a value's type is the type of its default. Keys whose default
-is `null` (or may be) and keys with a closed set of values are declared in `NULLABLE_TYPES` and
-`CHOICES`; every numeric key has a valid range in `ranges.RANGES`, and `cross_checks.RULES` relate
-keys (warmup <= epochs, crop sizes multiple of the patch size, ...). Unlike the official code
-(OmegaConf with `strict_cfg=False`), an unknown key, a wrongly typed value, a value out of range or
-an inconsistent combination is a `ConfigError` naming the key (and suggesting the closest valid one
-for an unknown key); all problems are reported at once, by `load_config`, before any work is done.
+`ssl_default_config.yaml` beside this file holds every key a run may set, with its default and its
+one-line documentation; `keys.KEYS` declares what each accepts beyond the type of its default (ranges,
+closed sets, nullable types) and `cross_checks.RULES` relate keys (warmup <= epochs, crop sizes
+multiple of the patch size, ...). Both make the `Schema` of `dinov3_us.configs.schema`, the mechanism
+the evaluation config shares. Unlike the official code (OmegaConf with `strict_cfg=False`), an unknown
+key, a wrongly typed value, a value out of range or an inconsistent combination is a `ConfigError`
+naming the key (and suggesting the closest valid one for an unknown key); all problems are reported at
+once, by `load_config`, before any work is done.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
+import functools
 import logging
 import os
 import re
@@ -22,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from dinov3_us.configs.cross_checks import cross_problems
-from dinov3_us.configs.ranges import PAIRS, range_problems
+from dinov3_us.configs.cross_checks import RULES
+from dinov3_us.configs.keys import KEYS
+from dinov3_us.configs.schema import Key, Schema
 from dinov3_us.errors import ConfigError
 from dinov3_us.fileio import write_atomic
 
@@ -31,47 +33,8 @@ logger = logging.getLogger("dinov3_us")
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("ssl_default_config.yaml")
 
-# Keys whose default is null, or that may be set to null: the type a non-null value must have.
-NULLABLE_TYPES: dict[str, type] = {
-    "student.pos_embed_rope_base": float,  # null: periods from pos_embed_rope_min_period / max_period
-    "gram.ckpt": str,
-    "gram.max_updates": int,
-    "student.pos_embed_rope_min_period": float,
-    "student.pos_embed_rope_max_period": float,
-    "student.pos_embed_rope_shift_coords": float,
-    "student.pos_embed_rope_jitter_coords": float,
-    "student.pos_embed_rope_rescale_coords": float,
-    "crops.gram_teacher_crops_size": int,
-    "schedules.lr.cosine_epochs": int,
-    "schedules.weight_decay.cosine_epochs": int,
-    "schedules.momentum.cosine_epochs": int,
-    "schedules.teacher_temp.cosine_epochs": int,
-}
-
-# Keys whose default is an empty list: the type of their items.
-LIST_ITEM_TYPES: dict[str, type] = {"data.pool_weights": float}
-
-# Keys with a closed set of valid values.
-CHOICES: dict[str, tuple] = {
-    "compute_precision.param_dtype": ("bf16", "fp16", "fp32"),
-    "compute_precision.reduce_dtype": ("bf16", "fp32"),
-    "gram.tokens_used": ("all", "masked", "unmasked"),
-    "train.centering": ("sinkhorn_knopp", "softmax", "none"),
-    "student.arch": ("vit_test", "vit_tiny", "vit_small", "vit_base", "vit_large"),
-    "student.ffn_layer": ("mlp", "swiglu", "swiglu32", "swiglu64", "swiglu128"),
-    "student.norm_layer": ("layernorm", "layernormbf16", "rmsnorm"),
-    "student.in_chans": (1, 3),
-    "student.pos_embed_type": ("rope",),
-    "student.pos_embed_rope_normalize_coords": ("min", "max", "separate"),
-    "student.pos_embed_rope_dtype": ("bf16", "fp16", "fp32"),
-    "optim.optimizer": ("adamw",),
-    "optim.scaling_rule": ("sqrt_wrt_1024", "linear_wrt_256", "none"),
-    "runtime.device": ("auto", "cpu", "cuda"),
-    "runtime.dist_backend": ("auto", "nccl", "gloo"),
-    "attention.backend": ("auto", "sdpa", "xformers", "matmul"),
-    "monitor.select": ("knn", "linear"),
-    "teacher.temp_control": ("official", "auto"),
-}
+# The closed sets of values, by key (a view of `keys.KEYS`; `student.arch` is `dinov3_us.models.ARCHS` itself).
+CHOICES: dict[str, Any] = {key: spec.choices for key, spec in KEYS.items() if spec.choices is not None}
 
 
 class Config(dict):
@@ -148,100 +111,41 @@ def split_overrides(values: Iterable[str]) -> tuple[list[str], list[str]]:
     return [v for v in values if not OVERRIDE_RE.match(v)], [v for v in values if OVERRIDE_RE.match(v)]
 
 
-def suggest_key(key: str, valid: Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the closest valid key (by spelling, else by leaf name), or ''."""
-    valid = list(valid)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if not close:  # a typo in the section name: compare the leaf names
-        leaf = key.rsplit(".", 1)[-1]
-        close = [v for v in valid if v.rsplit(".", 1)[-1] == leaf][:1]
-    return f" (did you mean {close[0]!r}?)" if close else ""
+KEY_LINE_RE = re.compile(r"^( *)([A-Za-z_]\w*):(.*)$")  # `  key: value  # doc`
 
 
-def type_ok(value: Any, expected: type) -> bool:
-    """isinstance with config semantics: ints are floats, bools are not ints."""
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def _check_value(key: str, value: Any, default: Any) -> str | None:
-    """Return a problem description, or None when `value` has a valid type (and choice) for `key`."""
-    if value is None and key in NULLABLE_TYPES:
-        return None
-    if default is None:
-        expected = NULLABLE_TYPES.get(key)
-        if value is None or expected is None:
-            return None
-        if not type_ok(value, expected):
-            return f"{key}: expected {expected.__name__} or null, got {value!r}"
-    elif isinstance(default, list):
-        if not isinstance(value, list):
-            return f"{key}: expected a list like {default!r}, got {value!r}"
-        item_type = type(default[0]) if default else LIST_ITEM_TYPES.get(key)
-        if item_type is not None and not all(type_ok(v, item_type) for v in value):
-            return f"{key}: expected a list of {item_type.__name__}, got {value!r}"
-        if key in PAIRS and len(value) != 2:
-            return f"{key}: expected 2 values [min, max], got {value!r}"
-    elif not type_ok(value, type(default)):
-        return f"{key}: expected {type(default).__name__} (default {default!r}), got {value!r}"
-    choices = CHOICES.get(key)
-    if choices is not None and value not in choices:
-        return f"{key}: {value!r} is not one of {list(choices)}"
-    return None
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """PyYAML reads `5e-4` (no dot) as a string: accept it where a float is expected."""
-    expected = NULLABLE_TYPES.get(key) if default is None else type(default)
-    if expected is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    if isinstance(default, list) and default and isinstance(default[0], float) and isinstance(value, list):
-        return [_coerce(key + "[]", v, 0.0) for v in value]
-    return value
-
-
-def _type_check(flat: Mapping[str, Any], defaults: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(valid keys of `flat` with numeric strings coerced, problem lines of the others)."""
-    problems, out = [], {}
-    for key, value in flat.items():
-        if key not in defaults:
-            problems.append(f"unknown key {key!r}{suggest_key(key, defaults)}")
+def yaml_docs(text: str) -> dict[str, str]:
+    """{'section.key': its documentation} of a YAML file of nested sections: the comment after the key,
+    continued by comment-only lines indented below it."""
+    docs: dict[str, str] = {}
+    parents: list[tuple[int, str]] = []  # (indent, name) of the enclosing sections
+    last = None
+    for line in text.splitlines():
+        match = KEY_LINE_RE.match(line)
+        if match is None:
+            if last is not None and line.strip().startswith("#") and line.startswith(" "):
+                docs[last] = f"{docs[last]} {line.strip()[1:].strip()}".strip()
             continue
-        value = _coerce(key, value, defaults[key])
-        problem = _check_value(key, value, defaults[key])
-        if problem:
-            problems.append(problem)
-        else:
-            out[key] = value
-    return out, problems
+        indent, name, rest = len(match[1]), match[2], match[3]
+        while parents and parents[-1][0] >= indent:
+            parents.pop()
+        value, _, comment = rest.partition(" #")
+        if not value.strip():  # a section
+            parents.append((indent, name))
+            last = None
+            continue
+        last = ".".join([*(n for _, n in parents), name])
+        docs[last] = comment.strip()
+    return docs
 
 
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-
-
-def validate(flat: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Return `flat` with numeric strings coerced; raise one `ConfigError` listing every type problem.
-
-    Ranges and cross-key rules need the complete config: `load_config` and `check_config` apply them.
-    """
-    out, problems = _type_check(flat, defaults)
-    _raise(problems)
-    return out
-
-
-def value_problems(flat: Mapping[str, Any], skip: Iterable[str] = ()) -> list[str]:
-    """Range and cross-key problems of a complete, well-typed flattened config (keys in `skip` are not checked)."""
-    skip = set(skip)
-    ranges = range_problems(flat, skip)
-    return list(ranges.values()) + cross_problems(flat, skip | set(ranges))
+@functools.cache
+def pretrain_schema() -> Schema:
+    """The `Schema` of a run config: the keys of `ssl_default_config.yaml` (defaults, and documentation from
+    their comments), `keys.KEYS` and `cross_checks.RULES`."""
+    docs = yaml_docs(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    declared = {key: dataclasses.replace(KEYS.get(key, Key()), doc=doc) for key, doc in docs.items()}
+    return Schema.from_defaults(flatten(read_yaml(DEFAULT_CONFIG_PATH)), declared, RULES)
 
 
 def check_config(cfg: Mapping) -> None:
@@ -249,10 +153,7 @@ def check_config(cfg: Mapping) -> None:
 
     `load_config` already does this; call it on a config that did not come from `load_config`.
     """
-    defaults = flatten(read_yaml(DEFAULT_CONFIG_PATH))
-    flat = {**defaults, **flatten(cfg)}
-    out, problems = _type_check(flat, defaults)
-    _raise(problems + value_problems({**defaults, **out}, set(flat) - set(out)))
+    pretrain_schema().resolve([(None, flatten(cfg))])
 
 
 def parse_dotlist(overrides: Iterable[str]) -> dict[str, Any]:
@@ -272,23 +173,13 @@ def parse_dotlist(overrides: Iterable[str]) -> dict[str, Any]:
 def load_config(config_file: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
     """Build a run's config: defaults <- `config_file` <- `overrides` (`section.key=value`), validated.
 
-    One `ConfigError` lists every unknown key, wrong type, value out of range and inconsistent
-    combination; nothing else is done before (no model, no file), so a caller may rely on it.
+    One `ConfigError` lists every unknown key, wrong type (followed by the file or `overrides`), value
+    out of range and inconsistent combination; nothing else is done before (no model, no file), so a
+    caller may rely on it.
     """
-    defaults = flatten(read_yaml(DEFAULT_CONFIG_PATH))
-    merged = dict(defaults)
-    layers = []
-    if config_file is not None:
-        layers.append(flatten(read_yaml(config_file)))
-    layers.append(parse_dotlist(overrides))
-    problems, invalid = [], set()
-    for layer in layers:
-        out, layer_problems = _type_check(layer, defaults)
-        merged.update(out)
-        problems += layer_problems
-        invalid |= set(layer) - set(out)
-    _raise(problems + value_problems(merged, invalid))
-    return Config.wrap(unflatten(merged))
+    layers = [(str(config_file), flatten(read_yaml(config_file)))] if config_file is not None else []
+    layers.append(("overrides", parse_dotlist(overrides)))
+    return Config.wrap(unflatten(pretrain_schema().resolve(layers)))
 
 
 def get_default_config() -> Config:
@@ -304,7 +195,14 @@ def write_config(cfg: Config, output_dir: str | os.PathLike, name: str = "config
 
 
 def config_differences(old: Mapping, new: Mapping) -> list[str]:
-    """`key: old -> new` for every key whose value differs between two resolved configs (nested dicts)."""
+    """`key: old -> new` for every key whose value differs between two resolved configs (nested dicts).
+
+    A key that `old` lacks and `new` holds at its default is not a difference: `old` was written before this
+    version declared the key, and a key is added with the default that keeps the earlier behaviour (so a run
+    started before an upgrade resumes after it).
+    """
     a, b = flatten(old or {}), flatten(new)
+    defaults = flatten(get_default_config().to_dict())
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>")]
+            if a.get(k, "<absent>") != b.get(k, "<absent>")
+            and not (k not in a and k in defaults and b.get(k) == defaults[k])]

@@ -1,25 +1,14 @@
-"""Checks that relate several keys of a run config, run by `load_config` before any work is done.
+"""The rules that relate several keys of a run config, declared once and run by `load_config`.
 
 Each rule is cheap and certain: the combination it rejects would fail later (after the model is built
 and `config.yaml` is written) or would silently not do what the keys say. A rule is skipped when one
-of its keys already has a type or range problem, so every message is about values that are otherwise
-valid. The same conditions are still checked where the values are used (`SSLMetaArch`, `GramAnchoring`,
-the schedules, the augmentations); these make them fail at load time.
+of its keys already has a type or range problem (`Schema.value_problems`), so every message is about
+values that are otherwise valid. `SSLMetaArch` takes a config from `load_config` and relies on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
-
-
-@dataclass(frozen=True)
-class Rule:
-    """`check(flat)` returns problem lines about `keys` (an empty list when they are consistent)."""
-
-    keys: tuple[str, ...]
-    check: Callable[[Mapping[str, Any]], list[str]]
+from dinov3_us.configs.schema import Rule
 
 
 def _at_most_epochs(key: str) -> Rule:
@@ -125,15 +114,18 @@ def _gram(c):
     return problems
 
 
-MONITOR_PROBES = ("knn", "linear")
+def _monitor_select(c):
+    if c["monitor.select"] not in c["monitor.probes"]:
+        return [f"monitor.select: expected one of monitor.probes {c['monitor.probes']!r}, got {c['monitor.select']!r}"]
+    return []
 
 
-def _monitor_probes(c):
-    probes, select = c["monitor.probes"], c["monitor.select"]
-    if not probes or any(p not in MONITOR_PROBES for p in probes):
-        return [f"monitor.probes: expected a non-empty list of {list(MONITOR_PROBES)}, got {probes!r}"]
-    if select not in probes:
-        return [f"monitor.select: {select!r} is not one of monitor.probes {probes!r}"]
+def _best_needs_monitor(c):
+    """A best checkpoint is the downstream monitor's: refused at load time, not after the training."""
+    monitor_off = str(c["monitor.dataset"] or "none").strip().lower() in ("none", "off", "false", "")
+    if c["evaluation.teacher_checkpoint"] == "best" and monitor_off:
+        return ["evaluation.teacher_checkpoint: 'best' needs the downstream monitor (monitor.dataset is none); "
+                "use auto or latest"]
     return []
 
 
@@ -154,11 +146,7 @@ RULES: tuple[Rule, ...] = (
     Rule(("data.pool_weights",), _pool_weights),
     Rule(("gram.use_loss", "gram.ema_teacher", "gram.ckpt", "gram.rep_update", "gram.it_load_ema_teacher",
           "crops.gram_teacher_crops_size", "gram.tokens_used", "gram.img_level"), _gram),
-    Rule(("monitor.probes", "monitor.select"), _monitor_probes),
+    Rule(("monitor.probes", "monitor.select"), _monitor_select),
+    Rule(("evaluation.teacher_checkpoint", "monitor.dataset"), _best_needs_monitor),
 )
 
-
-def cross_problems(flat: Mapping[str, Any], skip: Iterable[str] = ()) -> list[str]:
-    """Every cross-key problem of a complete flattened config; rules touching a key in `skip` are not run."""
-    skip = set(skip)
-    return [p for rule in RULES if not skip & set(rule.keys) for p in rule.check(flat)]

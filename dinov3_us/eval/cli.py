@@ -17,6 +17,7 @@ from dinov3_us.configs.config import flatten, parse_dotlist, read_yaml, split_ov
 from dinov3_us.errors import DinoUSError
 from dinov3_us.eval.config import load_eval_config
 from dinov3_us.eval.protocols import evaluate
+from dinov3_us.models import ARCHS
 
 # command-line flag -> config key
 FLAG_KEYS = {
@@ -48,7 +49,7 @@ def build_parser(description: str, task: str = "linear") -> argparse.ArgumentPar
     p.add_argument("--config-file", help="evaluation YAML (e.g. configs/eval/fpdb_brain_planes.yaml)")
     p.add_argument("--pretrained-weights", help="'random', an official DINOv3 .pth, an exported teacher .pth, or a "
                                                 "run folder (its converted teacher.pth)")
-    p.add_argument("--arch", help="vit_test | vit_tiny | vit_small | vit_base | vit_large (needed for random)")
+    p.add_argument("--arch", help=f"{' | '.join(ARCHS)} (needed for random)")
     p.add_argument("--in-chans", type=int, help="1 or 3 (default: the weights'; random: 1)")
     p.add_argument("--train-dataset", help="shards spec, e.g. data/fpdb_brain:train")
     p.add_argument("--val-dataset", help="shards spec, e.g. data/fpdb_brain:val")

@@ -23,14 +23,14 @@ from dinov3_us.eval.backbone import (
     EvalBackbone,
     load_eval_backbone,
     random_like,
-    resolve_weights_file,
-    trained_img_size,
 )
 from dinov3_us.eval.config import EvalConfig, write_eval_config
 from dinov3_us.eval.data import EvalDataset, EvalTransform, assign_targets, require_labels, unique_names
 from dinov3_us.eval.defaults import with_n_last_blocks_clipped, with_trained_image_size
 from dinov3_us.eval.features import FeatureSet, extract_features
 from dinov3_us.eval.report import write_report
+from dinov3_us.weights.resolve import resolve_weights
+from dinov3_us.weights.sidecar import sidecar_path, trained_img_size
 
 logger = logging.getLogger("dinov3_us")
 
@@ -71,9 +71,9 @@ class EvalContext:
         else:
             weights = m.pretrained_weights
             if weights and weights != "random":
-                weights = resolve_weights_file(Path(weights).expanduser().resolve())
+                weights = resolve_weights(weights).require_file()
                 self.cfg = with_trained_image_size(self.cfg, trained_img_size(weights),
-                                                   weights.with_suffix(".json").name, self.explicit)
+                                                   sidecar_path(weights).name, self.explicit)
             self.backbone = load_eval_backbone(weights, m.arch, m.in_chans, self.cfg.data.image_size, seed=m.seed,
                                                attention_backend=m.attention_backend, **model_kwargs)
         model = self.backbone.model

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import yaml
 
+from dinov3_us.errors import CheckpointError
 from dinov3_us.eval.report import _plt
 from dinov3_us.fileio import atomic_path, write_atomic
 from dinov3_us.run_dir import RunDir
 from dinov3_us.train.monitor import DECISIVE_KNOBS, SELFDISTILL_THRESHOLD
+from dinov3_us.weights.sidecar import read_sidecar
 
 logger = logging.getLogger("dinov3_us")
 
@@ -245,14 +247,14 @@ def _checkpoints(run: RunDir) -> list[str]:
         b = best[1]
         lines.append(f"- best on the downstream monitor: `{best[0]}` ({b.get('metric')} {b.get('score', 0):.3f}, "
                      f"random init {b.get('random', float('nan')):.3f})")
-    teacher = run.teacher.with_suffix(".json")
-    if teacher.is_file():
-        try:
-            meta = json.loads(teacher.read_text())
-            lines.append(f"- evaluated: `{run.teacher}`, iteration {meta.get('iteration')} of `{meta.get('source')}`"
-                         + (f": {meta['selected']}" if meta.get("selected") else ""))
-        except (OSError, ValueError):
-            pass
+    try:
+        meta = read_sidecar(run.teacher)
+    except CheckpointError as err:  # the report is written whatever state the run is in
+        lines.append(f"- evaluated: `{run.teacher}` ({err})")
+        meta = None
+    if meta is not None:
+        lines.append(f"- evaluated: `{run.teacher}`, iteration {meta.get('iteration')} of `{meta.get('source')}`"
+                     + (f": {meta['selected']}" if meta.get("selected") else ""))
     return lines
 
 

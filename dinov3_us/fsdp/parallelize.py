@@ -6,7 +6,7 @@ fp32 or bf16 gradient reduction) so that one code path serves any world size and
 
 One exception (`needs_fsdp`): a single process with fp32 parameters and fp32 reduction has nothing
 to shard and nothing to cast, and FSDP2 would only copy every parameter into its all-gather buffers
-and every gradient out of its reduce-scatter buffers, each step (a third of the bench's T step).
+and every gradient out of its reduce-scatter buffers, each step: time that buys nothing.
 Such a run keeps plain modules: the same arithmetic (tests/fsdp/test_parallelize.py), up to the
 last bits where oneDNN picks another kernel for FSDP2's flat-buffer weights (other alignment). Its
 DCP checkpoints load into any number of ranks and back (tests/checkpointer/test_checkpointer_dist.py).

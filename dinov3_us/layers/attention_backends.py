@@ -1,9 +1,9 @@
 """One attention interface, three kernels: `sdpa` (PyTorch), `xformers` (CUDA only) and `matmul`.
 
-`attention.backend=auto` picks per device and dtype, from measurements (`bench/bench_attention.py`):
+`attention.backend=auto` picks per device and dtype, from measurements (see bench/bench_attention.py ->
+bench/results/attention_cpu.json, forward + backward on ViT-S/16 crops):
 - CUDA: xformers' memory-efficient kernel where it really runs (an importable build), else SDPA.
-- CPU, bf16/fp16: `matmul`. PyTorch's CPU flash kernel is 3x (201 tokens) to 7x (41 tokens) slower
-  there on ViT-S/16 crops, forward + backward.
+- CPU, bf16/fp16: `matmul`, faster there than PyTorch's CPU flash kernel, most of all on short sequences.
 - CPU, fp32: SDPA (its flash kernel; `matmul` is no faster).
 Asking for `xformers` explicitly where it cannot run is an error, never a silent fallback.
 

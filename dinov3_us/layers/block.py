@@ -86,7 +86,7 @@ class SelfAttentionBlock(nn.Module):
             keep = max(int(x.shape[0] * (1 - self.sample_drop_ratio)), 1)
             kept.append(torch.randperm(x.shape[0], device=x.device)[:keep])
         # index_select, not x[idx]: the same rows, but its backward is an index_add where x[idx]'s is an
-        # accumulating index_put, about half the time on CPU (bench/bench_step_parts.py)
+        # accumulating index_put, and faster on CPU (bench/bench_step_parts.py -> bench/results/step_parts.json)
         outs = branch([x.index_select(0, idx) for x, idx in zip(xs, kept)], ropes)  # [keep_i, N_i, D] each
         return [torch.index_add(x, 0, idx, out.to(x.dtype), alpha=x.shape[0] / idx.numel())
                 for x, idx, out in zip(xs, kept, outs)]

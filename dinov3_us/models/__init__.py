@@ -1,4 +1,7 @@
-"""Backbone construction: architecture presets and `build_model_from_cfg` (student and teacher)."""
+"""Backbone construction: architecture presets and `build_model_from_cfg` (student and teacher).
+
+Model classes and architectures only: reading and writing weights files is `dinov3_us.weights`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import logging
 from collections.abc import Mapping
 
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
-from dinov3_us.models.weights import load_backbone_weights
 
 logger = logging.getLogger("dinov3_us")
 
@@ -18,6 +20,27 @@ ARCHS: dict[str, tuple[int, int, int]] = {
     "vit_base": (768, 12, 12),
     "vit_large": (1024, 24, 16),
 }
+
+# The settings of the official LVD-1689M release shared by every size (patch 16, 4 storage tokens, RoPE
+# base 100 with separate coordinate normalisation and training rescale 2, LayerScale 1e-5, LayerNorm eps
+# 1e-5, K-bias mask): the `dinov3_us.hub` builders, the eval's random baseline and what
+# `dinov3_us.weights.arch.infer_arch` assumes for settings a state dict does not show.
+RELEASED_KWARGS = dict(
+    patch_size=16,
+    n_storage_tokens=4,
+    layerscale_init=1e-5,
+    norm_layer="layernormbf16",
+    mask_k_bias=True,
+    qkv_bias=True,
+    proj_bias=True,
+    ffn_bias=True,
+    ffn_layer="mlp",
+    ffn_ratio=4.0,
+    pos_embed_rope_base=100.0,
+    pos_embed_rope_normalize_coords="separate",
+    pos_embed_rope_rescale_coords=2.0,
+    pos_embed_rope_dtype="fp32",
+)
 
 
 def vit_kwargs(student: Mapping, img_size: int = 224) -> dict:
@@ -80,9 +103,9 @@ def build_model_from_cfg(cfg: Mapping, only_teacher: bool = False):
 
 __all__ = [
     "ARCHS",
+    "RELEASED_KWARGS",
     "DinoVisionTransformer",
     "build_model",
     "build_model_from_cfg",
-    "load_backbone_weights",
     "vit_kwargs",
 ]

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from dinov3_us.errors import ConfigError
 from dinov3_us.loss import GramLoss
-from dinov3_us.models import build_model_from_cfg, load_backbone_weights
+from dinov3_us.models import build_model_from_cfg
+from dinov3_us.weights import load_backbone_weights
 
 logger = logging.getLogger("dinov3_us")
 
@@ -26,18 +27,9 @@ class GramAnchoring(nn.Module):
     """Gram-teacher bookkeeping, targets and loss for `SSLMetaArch`."""
 
     def __init__(self, cfg: Mapping) -> None:
+        """`cfg`: a validated config (`dinov3_us.configs.load_config` checks the gram section's combinations)."""
         super().__init__()
         g = cfg["gram"]
-        if g["ema_teacher"] and g["ckpt"]:
-            raise ConfigError("gram.ema_teacher and gram.ckpt are exclusive: set one of them")
-        if g["ema_teacher"] and g["rep_update"]:
-            raise ConfigError("gram.rep_update has no meaning with gram.ema_teacher=true: set it to false")
-        if not g["ema_teacher"] and not g["ckpt"] and g["it_load_ema_teacher"] < 0:
-            raise ConfigError("gram.use_loss needs gram.ckpt, gram.ema_teacher=true or gram.it_load_ema_teacher >= 0")
-        if not g["ema_teacher"] and cfg["crops"]["gram_teacher_crops_size"] is None:
-            raise ConfigError("a separate Gram teacher needs crops.gram_teacher_crops_size")
-        if g["tokens_used"] != "all" and g["img_level"]:
-            raise ConfigError("gram.tokens_used=masked/unmasked needs gram.img_level=false")
         self.cfg = cfg
         self.g = g
         self.loss_fn = GramLoss(apply_norm=g["normalized"], img_level=g["img_level"], remove_neg=g["remove_neg"],

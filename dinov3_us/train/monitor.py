@@ -153,8 +153,7 @@ class SelfDistillationWatch:
         self.stalled_since, self.fired = state.get("stalled_since"), bool(state.get("fired", False))
 
 
-# What bench/bench_selfdistill_onset.py found decisive on look-alike ultrasound (README: "When self-distillation
-# starts").
+# What bench/bench_selfdistill_onset.py found decisive on look-alike ultrasound (docs/selfdistill_onset.md).
 DECISIVE_KNOBS = ("the teacher must tell images apart by several temperatures before centring (teacher_logit_std), and "
                   "with the official choices it does not: lower the teacher temperature (teacher.teacher_temp and "
                   "teacher.warmup_teacher_temp, e.g. 0.01), start LayerScale at 0.1 (student.layerscale), use fewer "

@@ -1,6 +1,6 @@
 """`teacher.temp_control=auto`: a teacher temperature that adapts to how far apart the teacher puts the images.
 
-Why (README "When self-distillation starts"): on look-alike ultrasound the teacher's CLS logits of two images
+Why (docs/selfdistill_onset.md): on look-alike ultrasound the teacher's CLS logits of two images
 differ by a small fraction of the official temperature (0.04-0.07), so Sinkhorn-Knopp returns uniform targets
 and the DINO / iBOT terms carry nothing. What starts self-distillation is the teacher separating the images by
 a few temperatures: the controller holds that spread at a set point while the official schedule cannot.

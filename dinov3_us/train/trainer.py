@@ -1,4 +1,4 @@
-"""The pretraining loop: build -> shard -> resume -> step, log, checkpoint, export -> close.
+"""The pretraining loop: build -> shard -> resume -> step, log, checkpoint, export -> teacher.pth -> close.
 
 `pretrain(cfg, run_dir)` is the stage's entry point (`tools/train.py` and the launchers' pretraining
 job call it). Order of construction in `Trainer`: the resolved config is written, then the model
@@ -6,7 +6,13 @@ job call it). Order of construction in `Trainer`: the resolved config is written
 optimizer (after sharding), schedules, the data loader, then the checkpoint manager and the
 watches; the process group exists before (`pretrain` starts it). `run()` resumes from the latest
 complete checkpoint by itself and, on SIGUSR1/SIGUSR2/SIGTERM, checkpoints and returns
-`REQUEUE_EXIT_CODE`.
+`REQUEUE_EXIT_CODE`. A run that completes writes `OUT/teacher.pth` (+ `teacher.json`) from the checkpoint
+`evaluation.teacher_checkpoint` picks (`Trainer.write_teacher`); a preempted or failed one does not.
+
+The stages after training are passed in, not imported (a later stage imports an earlier one, never the
+reverse: `dinov3_us/__init__.py`): `pretrain(..., monitor=, report=)` takes the downstream monitor's
+factory and the run report's writer, which the entry points build from `dinov3_us.eval`
+(`tools/train.py`: `DownstreamMonitor.build` and `write_run_report`); None leaves them off.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,20 +36,18 @@ from dinov3_us.checkpointer import (
     TrainState,
     invalid_reason,
 )
-from dinov3_us.checkpointer.export import full_state_dict, save_backbone
+from dinov3_us.checkpointer.export import full_state_dict
 from dinov3_us.configs import Config, write_config
 from dinov3_us.configs.config import config_differences
 from dinov3_us.data.loader import make_data_loader
 from dinov3_us.data.pipeline import build_collate_fn, build_ssl_transform
 from dinov3_us.data.shards import split_specs
 from dinov3_us.distributed import DistInfo, all_gather_object, all_reduce_max, destroy_distributed, init_distributed
-from dinov3_us.errors import ConfigError, DinoUSError
-from dinov3_us.eval.downstream import DownstreamMonitor
-from dinov3_us.eval.run_report import write_run_report
+from dinov3_us.errors import CheckpointError, ConfigError, DinoUSError
 from dinov3_us.fileio import ensure_writable_dir
 from dinov3_us.fsdp import compile_problem, parallelize_meta_arch
 from dinov3_us.log import setup_logging
-from dinov3_us.models import load_backbone_weights, vit_kwargs
+from dinov3_us.models import vit_kwargs
 from dinov3_us.run_dir import RunDir, training_lock
 from dinov3_us.train.flops import peak_tflops, training_flops_per_image
 from dinov3_us.train.metric_logger import MetricLogger
@@ -52,6 +58,9 @@ from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch
 from dinov3_us.train.step import train_step
 from dinov3_us.train.teacher_temp import TeacherTempController
+from dinov3_us.weights.checkpoint import write_run_teacher
+from dinov3_us.weights.formats import save_backbone
+from dinov3_us.weights.load import load_backbone_weights
 
 logger = logging.getLogger("dinov3_us")
 
@@ -60,7 +69,16 @@ class NonFiniteLossError(DinoUSError, RuntimeError):
     """Too many consecutive steps with a non-finite loss."""
 
 
-def pretrain(cfg: Config, run_dir: str | Path, *, allow_config_change: bool = False, start_over: bool = False) -> int:
+# (cfg, dist_info, total_iterations) -> a downstream monitor or None; the monitor has `start()`, `due(it)`,
+# `score(backbone, it) -> metrics`, `update_best(it, metrics) -> bool`, `best`, `summary()`, `seconds_total`
+# (`dinov3_us.eval.downstream.DownstreamMonitor.build` is the one there is).
+MonitorFactory = Callable[[Config, DistInfo, int], Any]
+# run folder -> None: writes the run report at the end (`dinov3_us.eval.run_report.write_run_report`).
+ReportWriter = Callable[[RunDir], Any]
+
+
+def pretrain(cfg: Config, run_dir: str | Path, *, allow_config_change: bool = False, start_over: bool = False,
+             monitor: MonitorFactory | None = None, report: ReportWriter | None = None) -> int:
     """Train `cfg` into `run_dir` (resuming from its latest checkpoint); 0, or `REQUEUE_EXIT_CODE` when preempted.
 
     Starts the process group (torchrun, srun, a submitit job or one plain process), refuses a folder
@@ -68,7 +86,9 @@ def pretrain(cfg: Config, run_dir: str | Path, *, allow_config_change: bool = Fa
     folder's lock (rank 0), logs to `run_dir/log.txt` (rank 0) and destroys the group at the end.
     Preemption signals (USR1/USR2/TERM) are caught from the start: one during start-up stops the run
     before its first step, with `REQUEUE_EXIT_CODE`. With `start_over`, checkpoints that cannot be used
-    are moved aside (`ckpt/unusable-<time>/`) instead of stopping the run.
+    are moved aside (`ckpt/unusable-<time>/`) instead of stopping the run. `monitor` builds the
+    downstream monitor from the config (None: no monitor, whatever the config says); `report` writes
+    the run report after the last step on rank 0 (None: no report).
 
     Raises:
         DinoUSError: a user error (bad config, data or weights, a busy or foreign run folder,
@@ -96,7 +116,7 @@ def pretrain(cfg: Config, run_dir: str | Path, *, allow_config_change: bool = Fa
             setup_logging(run.root, info.rank)
             logger.info("process group: %d rank(s), %s on %s, rendezvous %s", info.world_size, info.backend,
                         info.device, info.rendezvous)
-            return Trainer(cfg, run, info, start_over=start_over).run(flag)
+            return Trainer(cfg, run, info, start_over=start_over, monitor=monitor, report=report).run(flag)
     finally:
         flag.restore()
         destroy_distributed()
@@ -137,8 +157,9 @@ class Trainer:
     """Owns the model, optimizer, schedules, data loader, checkpoints and telemetry of one pretraining run."""
 
     def __init__(self, cfg: Config, output_dir: str | Path, dist_info: DistInfo | None = None, *,
-                 start_over: bool = False) -> None:
-        self.cfg, self.start_over = cfg, start_over
+                 start_over: bool = False, monitor: MonitorFactory | None = None,
+                 report: ReportWriter | None = None) -> None:
+        self.cfg, self.start_over, self.report = cfg, start_over, report
         self.run_dir = RunDir(output_dir)
         self.dist = dist_info or init_distributed(cfg.runtime.device, cfg.runtime.dist_backend)
         if self.dist.is_main:
@@ -165,7 +186,7 @@ class Trainer:
         self.selfdistill = SelfDistillationWatch(cfg.dino.head_n_prototypes, cfg.train.selfdistill_alarm_iterations,
                                                  start=warmup)
         self.peak, self.peak_source = peak_tflops(self.dist.device, cfg.runtime.peak_tflops)
-        self.monitor = DownstreamMonitor.build(cfg, self.dist, self.total_iterations)
+        self.monitor = monitor(cfg, self.dist, self.total_iterations) if monitor is not None else None
         self.temp_control = TeacherTempController.from_config(cfg)
 
     def _load_pretrained(self, path: str) -> None:
@@ -331,6 +352,8 @@ class Trainer:
             self.export_teacher(final)
         if dist.is_initialized():
             dist.barrier()
+        if exit_code == 0:
+            self.write_teacher()
         if self.monitor is not None and self.monitor.seconds_total:
             wall = time.perf_counter() - t_start
             spent = self.monitor.seconds_total
@@ -341,10 +364,33 @@ class Trainer:
             self.write_report()
         return exit_code
 
+    def write_teacher(self) -> Path | None:
+        """The completed run's teacher -> `OUT/teacher.pth` + `teacher.json` (collective; rank 0 converts).
+
+        The checkpoint is the committed one `evaluation.teacher_checkpoint` picks (auto: the best on the
+        downstream monitor where it marked one, else the final), converted as `tools/convert_checkpoint.py`
+        does (`dinov3_us.weights.checkpoint.write_run_teacher`: atomic, not rewritten when it already holds
+        that checkpoint, e.g. after resuming a completed run). Raises `CheckpointError` on every rank when
+        there is no such checkpoint (`best` without a best).
+        """
+        out, error = None, None
+        if self.dist.is_main:
+            try:
+                out = write_run_teacher(self.run_dir, self.cfg.evaluation.teacher_checkpoint)
+            except DinoUSError as err:
+                error = str(err)
+        error = next((e for e in all_gather_object(error) if e), None)
+        if error:
+            raise CheckpointError(error)
+        return out
+
     def write_report(self) -> None:
-        """The run report (`OUT/report.md`, `.html`); a failure to draw it is a warning, not a failed run."""
+        """The run report (`OUT/report.md`, `.html`) when a writer was given; a failure to draw it is a warning,
+        not a failed run."""
+        if self.report is None:
+            return
         try:
-            write_run_report(self.run_dir)
+            self.report(self.run_dir)
         except Exception as err:  # noqa: BLE001 - the training itself succeeded
             logger.warning("could not write the run report: %s", err)
 

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each runs a bench script in a subprocess
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

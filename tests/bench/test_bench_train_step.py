@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "bench_train_step.py"
 
@@ -18,6 +20,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env=os.environ | (env or {}))
 
 
+@pytest.mark.slow
 def test_tiny_recipe_reports_the_shipped_config_with_finite_numbers(tmp_path):
     out = tmp_path / "train_step.json"
     proc = _run("--configs", "tiny", "--warmup", "2", "--steps", "2", "--output", str(out))
@@ -33,6 +36,7 @@ def test_tiny_recipe_reports_the_shipped_config_with_finite_numbers(tmp_path):
     assert 0 < rows[1]["backbone_share_of_bf16_matmul"] and rows[1]["backbone_gflop"] > 0
 
 
+@pytest.mark.slow
 def test_compile_adds_a_compiled_row_per_pair(tmp_path):
     out = tmp_path / "train_step.json"
     proc = _run("--configs", "tiny", "--dtypes", "fp32", "--compile", "--warmup", "2", "--steps", "1",
@@ -43,6 +47,7 @@ def test_compile_adds_a_compiled_row_per_pair(tmp_path):
     assert all(math.isfinite(r["images_per_second"]) and r["images_per_second"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_fewer_than_two_warmup_steps_is_a_usage_error(tmp_path):
     proc = _run("--configs", "tiny", "--warmup", "1", "--output", str(tmp_path / "x.json"))
     assert proc.returncode == 2 and "--warmup" in proc.stderr and "Traceback" not in proc.stderr

@@ -25,6 +25,7 @@ def _run(*args: str, tmp_path: Path | None = None) -> subprocess.CompletedProces
 
 
 @pytest.mark.parametrize("make_repo", ["missing", "not_dinov3"])
+@pytest.mark.slow
 def test_invalid_official_repo_is_a_one_line_error(tmp_path, make_repo):
     repo = tmp_path / "nowhere"
     if make_repo == "not_dinov3":
@@ -37,12 +38,14 @@ def test_invalid_official_repo_is_a_one_line_error(tmp_path, make_repo):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_official_side_without_repo_is_a_one_line_error(tmp_path):
     proc = _run("--side", "official", *SHORT, "--output", str(tmp_path / "out.json"))
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--official-repo" in proc.stderr
 
 
+@pytest.mark.slow
 def test_ours_alone_writes_finite_positive_numbers(tmp_path):
     """Our side alone, with the default --compile on: our blocks really went through dynamo."""
     out = tmp_path / "vs_official.json"
@@ -60,6 +63,7 @@ def test_ours_alone_writes_finite_positive_numbers(tmp_path):
     assert side["compile"]["requested"] and side["compile"]["dynamo_frames_ok"] > 0
 
 
+@pytest.mark.slow
 def test_config_file_and_overrides(tmp_path):
     config = tmp_path / "t.yaml"
     config.write_text("student:\n  arch: vit_test\n  patch_size: 16\ncrops:\n  global_crops_size: 32\n"
@@ -77,6 +81,7 @@ def test_config_file_and_overrides(tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no_such_key" in bad.stderr
 
 
+@pytest.mark.slow
 def test_both_sides_agree_at_step_0(tmp_path):
     repo = os.environ.get("DINOV3_OFFICIAL_REPO")
     if not repo:

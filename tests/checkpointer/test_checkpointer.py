@@ -288,6 +288,7 @@ def test_checkpoints_none_of_which_is_usable_stop_the_run_until_set_aside(tmp_pa
     assert sorted(p.name for p in aside.iterdir()) == ["1", "2"] and ckpt.load(states) is None
 
 
+@pytest.mark.slow
 def test_a_failed_save_raises_everywhere_and_leaves_only_the_previous_checkpoints(tmp_path):
     """A real write failure (the file-size limit, EFBIG, as a full disk gives ENOSPC) in a child process."""
     code = f"""
@@ -330,6 +331,7 @@ def test_the_best_checkpoint_is_kept_beyond_the_last_n_and_replaced_atomically(t
 
 
 @pytest.mark.parametrize("crash", ["during the save of the new best", "before the old best is deleted"])
+@pytest.mark.slow
 def test_kill_9_while_the_best_is_replaced_leaves_a_complete_best(tmp_path, crash):
     """A real SIGKILL of a child process at the two points of a replacement; best.json always names a checkpoint
     that loads, and the next save of a fresh manager tidies up."""

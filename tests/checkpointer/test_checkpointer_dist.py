@@ -21,12 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
 FULL = StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True)
 SHARDED = StateDictOptions(flatten_optimizer_state_dict=True)
+pytestmark = pytest.mark.slow  # 2 processes in subprocesses, killed and restarted
 
 
 class Tiny(nn.Module):

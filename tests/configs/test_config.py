@@ -1,5 +1,6 @@
 """Config loading: precedence, validation with suggestions, presets, the print CLI."""
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,12 @@ import pytest
 import yaml
 
 from dinov3_us.configs import get_default_config, load_config, write_config
-from dinov3_us.configs.config import CHOICES, DEFAULT_CONFIG_PATH, LIST_ITEM_TYPES, NULLABLE_TYPES, flatten
+from dinov3_us.configs.__main__ import main
+from dinov3_us.configs.config import CHOICES, DEFAULT_CONFIG_PATH, flatten, pretrain_schema, yaml_docs
+from dinov3_us.configs.keys import KEYS
+from dinov3_us.configs.schema import Key, Schema, value_problem
 from dinov3_us.errors import ConfigError
+from dinov3_us.models import ARCHS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,8 +69,10 @@ def test_unknown_key_in_file_is_an_error(tmp_path):
         ("student.qkv_bias=3", "student.qkv_bias: expected bool"),
         ("crops.global_crops_scale=[0.5]", "expected 2 values"),
         ("crops.global_crops_scale=0.5", "expected a list"),
-        ("student.arch=vit_huge", "not one of"),
-        ("student.in_chans=2", "not one of"),
+        ("student.arch=vit_huge", "student.arch: expected one of 'vit_test', "),
+        ("student.in_chans=2", "student.in_chans: expected one of 1, 3, got 2"),
+        ("student.in_chans=true", "student.in_chans: expected one of 1, 3, got True"),
+        ("monitor.probes=[knn,kmeans]", "monitor.probes: expected a list of values among 'knn', 'linear'"),
         ("gram.max_updates=often", "expected int or null"),
         ("data.pool_weights=[a,b]", "expected a list of float"),
     ],
@@ -94,17 +101,34 @@ def test_malformed_override_and_missing_file(tmp_path):
         load_config(tmp_path / "absent.yaml")
 
 
-def test_schema_tables_match_the_defaults():
+def test_every_key_is_declared_once_and_its_default_is_valid():
     defaults = flatten(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()))
-    nulls = {k for k, v in defaults.items() if v is None}
-    assert nulls <= set(NULLABLE_TYPES), "every null default needs a declared type"
-    for key in set(NULLABLE_TYPES) - nulls:  # a non-null default that may be set to null: same type
-        assert type(defaults[key]) is NULLABLE_TYPES[key], key
-    empty_lists = {k for k, v in defaults.items() if v == []}
-    assert empty_lists == set(LIST_ITEM_TYPES), "every empty-list default needs a declared item type"
-    assert set(CHOICES) <= set(defaults)
-    for key, choices in CHOICES.items():
-        assert defaults[key] in choices, key
+    schema = pretrain_schema()  # building it fails on a null or [] default whose type is not declared
+    assert list(schema.keys) == list(defaults) and set(KEYS) <= set(defaults)
+    for key, spec in schema.keys.items():
+        assert value_problem(key, spec, defaults[key]) == (defaults[key], None), key
+    assert schema.keys["gram.max_updates"].type == int | None and schema.keys["data.pool_weights"].type == list[float]
+    with pytest.raises(TypeError, match="a.b: a null or empty-list default needs a declared type"):
+        Schema.from_defaults({"a.b": None}, {})
+    with pytest.raises(TypeError, match="declared keys without a default"):
+        Schema.from_defaults({"a.b": 1}, {"a.c": Key(range=None)})
+
+
+def test_arch_names_come_from_the_model_table():
+    assert CHOICES["student.arch"] is ARCHS
+    ARCHS["vit_registered_here"] = ARCHS["vit_test"]  # what bench_vs_official does for its own size
+    try:
+        assert load_config(overrides=["student.arch=vit_registered_here"]).student.arch == "vit_registered_here"
+    finally:
+        del ARCHS["vit_registered_here"]
+
+
+def test_empty_sections_set_nothing_and_a_scalar_section_is_named(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("gram:\noptim: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert str(err.value).splitlines()[1:] == [f"  optim: expected a mapping of keys, got 3 ({f})"]
 
 
 def test_write_config_roundtrip(tmp_path):
@@ -117,13 +141,15 @@ def test_write_config_roundtrip(tmp_path):
 
 
 def test_shipped_presets_validate():
-    presets = sorted((REPO / "configs").rglob("*.yaml"))
+    presets = [p for p in sorted((REPO / "configs").rglob("*.yaml")) if "eval" not in p.parts]
+    assert presets, f"no pretraining preset found under {REPO / 'configs'}"
     for preset in presets:
-        if "eval" in preset.parts:
-            continue
-        load_config(preset)
+        loaded = flatten(load_config(preset))
+        for key, value in flatten(yaml.safe_load(preset.read_text())).items():  # every key it sets is kept as set
+            assert loaded[key] == value, f"{preset.name}: {key}"
 
 
+@pytest.mark.slow
 def test_print_cli(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "dinov3_us.configs", "student.arch=vit_small"],
                         capture_output=True, text=True)
@@ -133,7 +159,24 @@ def test_print_cli(tmp_path):
     assert bad.returncode == 2 and "did you mean 'student.arch'" in bad.stderr
 
 
+def test_keys_lists_every_key_with_its_type_default_valid_values_and_doc(capsys):
+    assert main(["--keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(flatten(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())))
+    assert "optim.lr: float = 0.001, > 0" in lines
+    assert "gram.max_updates: int or null = None, >= 0  # maximum number of Gram-teacher refreshes (null: unlimited)" \
+        in lines
+    monitor = next(line for line in lines if line.startswith("monitor.dataset: "))
+    assert monitor.endswith("when it has labels; none: off")  # a comment continued on the next line
+
+
+def test_yaml_docs_follow_sections_and_continued_comments():
+    text = "a:  # section\n  b: 1  # the b\n       # and more\n  c:\n    d: x # the d\ne: 2\n"
+    assert yaml_docs(text) == {"a.b": "the b and more", "a.c.d": "the d", "e": ""}
+
+
 @pytest.mark.parametrize("how", ["head", "close"])
+@pytest.mark.slow
 def test_print_cli_into_a_closed_pipe_is_quiet(how):
     cmd = [sys.executable, "-m", "dinov3_us.configs"]
     if how == "head":  # python -m dinov3_us.configs | head -1
@@ -148,3 +191,17 @@ def test_print_cli_into_a_closed_pipe_is_quiet(how):
         rc, stderr = proc.wait(timeout=60), proc.stderr.read()
         proc.stderr.close()
     assert rc == 0 and "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_a_key_added_since_the_run_started_is_no_difference_at_its_default():
+    """A run folder's config.yaml written before a key existed resumes when the key keeps its default."""
+    from dinov3_us.configs.config import config_differences
+
+    new = load_config(None, []).to_dict()
+    old = copy.deepcopy(new)
+    del old["evaluation"]["teacher_checkpoint"]  # written by an earlier version
+    assert config_differences(old, new) == []
+    changed = load_config(None, ["evaluation.teacher_checkpoint=latest"]).to_dict()
+    assert config_differences(old, changed) == ["evaluation.teacher_checkpoint: '<absent>' -> 'latest'"]
+    old["optim"]["lr"] = 1.0  # a real change stays one
+    assert config_differences(old, new) == [f"optim.lr: 1.0 -> {new['optim']['lr']!r}"]

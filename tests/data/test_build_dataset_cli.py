@@ -1,7 +1,6 @@
 """`tools/build_dataset.py` end to end in a subprocess: builds, merges, damaged shards, one-line errors."""
 
 import argparse
-import importlib.util
 import json
 import re
 import subprocess
@@ -9,9 +8,11 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 from curation_testutil import check_consistent
 
 from dinov3_us.data.curation import SOURCES
+from dinov3_us.launch.cli_build_dataset import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,6 +67,7 @@ def test_a_read_only_out_is_one_line_and_exit_2(read_only_dir):
     assert result.stderr.strip() == f"error: --out {out}: cannot write there (Read-only file system)"
 
 
+@pytest.mark.slow
 def test_merge_pools_sources_and_survives_a_truncated_shard(tmp_path):
     a = phantom(tmp_path / "a", "--name", "pa", "--seed", "1")
     b = phantom(tmp_path / "b", "--name", "pb", "--seed", "2")
@@ -118,11 +120,8 @@ def test_help_lists_every_task_of_every_source_and_every_default():
             assert task in words, f"--help omits task {task!r} of --source {name}"
     for name, module in SOURCES.items():
         assert module.DEFAULT_TASK is None or f"{module.DEFAULT_TASK} (default)" in text, name
-    spec = importlib.util.spec_from_file_location("build_dataset_tool", REPO / "tools" / "build_dataset.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     no_default = {"help", "source", "merge", "out", "root"}  # required, or one of the two modes
-    for action in tool.build_parser()._actions:
+    for action in build_parser()._actions:
         if action.dest in no_default or isinstance(action, argparse._StoreTrueAction):
             continue
         assert "default" in (action.help or ""), f"--help of {action.option_strings} states no default"

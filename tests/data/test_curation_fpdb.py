@@ -25,6 +25,7 @@ def _rows(root):
         return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f, delimiter=";")]
 
 
+@pytest.mark.slow
 def test_brain_planes_on_real_images(fpdb_root, tmp_path):
     manifest = build(tmp_path / "out", source="fpdb", task="brain-planes", root=fpdb_root)
     rows = {r["Image_name"]: r for r in _rows(fpdb_root)}

@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # 2 processes in subprocesses, killed and resumed
 
 SIZES = [9, 6, 11, 7, 8, 10, 12]  # 63 samples: 31 per rank, 1 dropped per epoch
 BATCH, SEED = 4, 7

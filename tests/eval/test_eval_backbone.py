@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from dinov3_us.checkpointer.export import save_backbone
 from dinov3_us.errors import CheckpointError, ConfigError
-from dinov3_us.eval.backbone import infer_arch, load_eval_backbone
+from dinov3_us.eval.backbone import load_eval_backbone
 from dinov3_us.hub import dinov3_vits16
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
+from dinov3_us.weights import infer_arch, save_backbone
 
 TINY = dict(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from eval_testutil import run_tool
 
-from dinov3_us.checkpointer.export import save_backbone
 from dinov3_us.eval.metrics import chance_levels
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
+from dinov3_us.weights import save_backbone
 
 # not a released architecture: patch 8, 2 storage tokens, 1 channel (what configs/train/tiny_cpu.yaml trains)
 ARCH = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=64, depth=2, num_heads=2, n_storage_tokens=2,
@@ -25,6 +25,7 @@ def weights(tmp_path_factory):
 
 
 @pytest.mark.parametrize("tool", ["eval_knn.py", "eval_linear.py"])
+@pytest.mark.slow
 def test_baseline_is_the_same_architecture_scored_on_the_same_samples(tool, weights, blob_dir, tmp_path):
     out = tmp_path / "eval"
     proc = run_tool(tool, "--pretrained-weights", weights, "--train-dataset", f"{blob_dir}:train",
@@ -53,6 +54,7 @@ def test_baseline_is_the_same_architecture_scored_on_the_same_samples(tool, weig
     assert "Against a random initialisation" in compared.stdout and f"{v['difference']:+.3f}" in compared.stdout
 
 
+@pytest.mark.slow
 def test_a_segmentation_baseline_writes_into_its_own_folder(weights, blob_dir, tmp_path):
     out = tmp_path / "seg"  # its figures too: the baseline's folder used to be created only by its results
     proc = run_tool("eval_segmentation.py", "--pretrained-weights", weights, "--train-dataset", f"{blob_dir}:train",

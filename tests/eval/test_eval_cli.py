@@ -5,6 +5,8 @@ import json
 import pytest
 from eval_testutil import run_tool
 
+pytestmark = pytest.mark.slow  # every test runs an evaluation command in a subprocess
+
 BASE_KEYS = {"task", "created", "dinov3_us_version", "world_size", "weights", "datasets", "n", "metrics",
              "test_metrics", "val_metrics", "timing", "config"}
 CLASSIFICATION = {"accuracy", "balanced_accuracy", "weighted_f1", "macro_f1", "per_class", "confusion_matrix",
@@ -150,8 +152,8 @@ def test_linear_defaults_fit_a_shallow_backbone_but_an_explicit_value_does_not(p
 
 
 def test_image_size_defaults_to_the_exported_teachers_training_resolution(phantom_dir, tmp_path):
-    from dinov3_us.checkpointer.export import save_backbone
     from dinov3_us.models.vision_transformer import DinoVisionTransformer
+    from dinov3_us.weights import save_backbone
 
     arch = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=64, depth=2, num_heads=2)
     model = DinoVisionTransformer(**arch)

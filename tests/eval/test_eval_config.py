@@ -1,6 +1,5 @@
 """Evaluation config: the study's protocol file is valid, precedence is file < flags < overrides, typos are named."""
 
-import typing
 from pathlib import Path
 
 import pytest
@@ -8,13 +7,13 @@ import pytest
 from dinov3_us.errors import ConfigError
 from dinov3_us.eval.config import (
     OFFICIAL_LEARNING_RATES,
-    RANGES,
     EvalConfig,
     check_eval_config,
+    eval_schema,
     load_eval_config,
-    schema,
     write_eval_config,
 )
+from dinov3_us.models import ARCHS
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "configs" / "eval" / "fpdb_brain_planes.yaml"
 
@@ -47,27 +46,31 @@ def test_all_problems_are_reported_at_once(tmp_path):
     assert "unknown key 'linaer.epochs' (did you mean 'linear.epochs'?)" in msg
     assert "unknown key 'knn.temprature' (did you mean 'knn.temperature'?)" in msg
     assert "knn.ks: expected a list of int" in msg and "model.in_chans: expected one of 1, 3 or null" in msg
-    (tmp_path / "flat.yaml").write_text("epochs: 3\n")
-    with pytest.raises(ConfigError, match="expected a mapping"):
+    (tmp_path / "flat.yaml").write_text("epochs: 3\nlinear: 5\n")
+    with pytest.raises(ConfigError) as err:
         load_eval_config(tmp_path / "flat.yaml")
+    assert "unknown key 'epochs' (did you mean 'linear.epochs'?)" in str(err.value)
+    assert f"linear: expected a mapping of keys, got 5 ({tmp_path / 'flat.yaml'})" in str(err.value)
 
 
-def _numeric(tp) -> bool:
-    """True when the annotation `tp` admits an int or float (directly, in a union or as list items)."""
-    if tp in (int, float):
-        return True
-    if typing.get_origin(tp) is typing.Literal:
-        return False
-    return any(_numeric(arg) for arg in typing.get_args(tp))
-
-
-def test_every_numeric_option_has_a_range():
-    numeric = {key for key, tp in schema().items() if _numeric(tp)}
-    missing = sorted(numeric - set(RANGES))
-    assert not missing, f"add a range to dinov3_us/eval/config.py RANGES for {missing}"
-    assert set(RANGES) <= numeric, "RANGES names an option that is not numeric (or does not exist)"
+def test_every_numeric_option_has_a_range_and_the_defaults_are_valid():
+    schema = eval_schema()
+    missing = schema.unbounded_numbers()
+    assert not missing, f"add a range (or choices) to the field of {missing} in dinov3_us/eval/config.py"
+    assert schema.keys["knn.temperature"].range is not None and "model.in_chans" not in missing  # choices (1, 3)
     check_eval_config(EvalConfig())  # the defaults are in range
     check_eval_config(load_eval_config(PROTOCOL))
+    cfg = EvalConfig()
+    cfg.knn.temperature = -1.0
+    with pytest.raises(ConfigError, match="knn.temperature: expected > 0, got -1.0"):
+        check_eval_config(cfg)
+
+
+def test_arch_names_come_from_the_model_table():
+    assert eval_schema().keys["model.arch"].choices is ARCHS
+    with pytest.raises(ConfigError, match="model.arch: expected one of 'vit_test', .* or null, got 'vit_huge'"):
+        load_eval_config(None, overrides=["model.arch=vit_huge"])
+    assert load_eval_config(None, {"model.arch": "vit_small"}).model.arch == "vit_small"
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from eval_testutil import run_tool
 
@@ -49,6 +50,7 @@ def test_cache_hit_equals_recomputation(phantom_dir, tmp_path):
     assert len(list(tmp_path.glob("features-*.pt"))) == 3
 
 
+@pytest.mark.slow
 def test_two_processes_extract_what_one_does(phantom_dir, tmp_path):
     common = ["--pretrained-weights", "random", "--arch", "vit_test", "--train-dataset", f"{phantom_dir}:train",
               "--val-dataset", f"{phantom_dir}:val", "--test-datasets", f"{phantom_dir}:test", "--image-size", 32,

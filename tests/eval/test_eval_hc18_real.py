@@ -21,6 +21,7 @@ from dinov3_us.eval.metrics import classification_metrics, dice_iou, segmentatio
 from dinov3_us.eval.segmentation import predict_masks, train_segmentation_grid
 
 SIZE = 64
+pytestmark = pytest.mark.slow  # shards of the real HC18 images (a subprocess), then probes trained on them
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from dinov3_us.eval.backbone import load_eval_backbone
-from dinov3_us.interop import read_backbone
+from dinov3_us.weights import read_backbone
 
 REPO = Path(__file__).resolve().parents[2]
 pytest.importorskip("safetensors")
+pytestmark = pytest.mark.slow  # the tiny_run fixture is a subprocess pretraining; each test converts in one
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 
 from dinov3_us.errors import CheckpointError
 from dinov3_us.hub import RELEASED_KWARGS
-from dinov3_us.interop.hf import (
+from dinov3_us.models.vision_transformer import DinoVisionTransformer
+from dinov3_us.weights.hf import (
     arch_from_hf_config,
     export_hf,
     from_hf_state_dict,
@@ -17,7 +18,6 @@ from dinov3_us.interop.hf import (
     is_hf,
     to_hf_state_dict,
 )
-from dinov3_us.models.vision_transformer import DinoVisionTransformer
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install -e '.[test]' or '.[interop]')"
@@ -82,6 +82,7 @@ def parity(fixtures_dir):
     return torch.load(fixtures_dir / "dinov3_tiny_parity.pt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_tiny_parity_weights_same_features_in_transformers(parity, tmp_path):
     sd = parity["state_dict"]
     folder = export_hf(sd, TINY, tmp_path / "hf")
@@ -96,6 +97,7 @@ def test_tiny_parity_weights_same_features_in_transformers(parity, tmp_path):
 
 
 @pytest.mark.parametrize("name, arch", [("vits16", VITS16), ("vitb16", VITB16)])
+@pytest.mark.slow
 def test_released_shapes_same_features_in_transformers(name, arch, tmp_path):
     sd = random_weights(arch)
     folder = export_hf(sd, arch, tmp_path / name)
@@ -133,6 +135,7 @@ def test_variants_same_features_and_exact_round_trip(variant, tmp_path):
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
 
 
+@pytest.mark.slow
 def test_round_trip_is_exact(tmp_path):
     arch = VITS16 | {"in_chans": 1}
     sd = random_weights(arch)

@@ -22,7 +22,8 @@ import torch
 
 from dinov3_us.errors import CheckpointError
 from dinov3_us.hub import RELEASED_KWARGS
-from dinov3_us.interop.timm import (
+from dinov3_us.models.vision_transformer import DinoVisionTransformer
+from dinov3_us.weights.timm import (
     export_timm,
     from_timm_state_dict,
     import_timm,
@@ -31,7 +32,6 @@ from dinov3_us.interop.timm import (
     timm_model_args,
     to_timm_state_dict,
 )
-from dinov3_us.models.vision_transformer import DinoVisionTransformer
 
 TINY = dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2, n_storage_tokens=4, ffn_ratio=4,
             layerscale_init=1e-5, mask_k_bias=True, qkv_bias=True, norm_layer="layernormbf16",
@@ -97,6 +97,7 @@ def test_parity_fixture_round_trip(parity_weights, tmp_path):
 
 @pytest.mark.parametrize("name, arch, suffix", [("vits", VITS, ".safetensors"), ("vitb", VITB, ".pth"),
                                                 ("variant", VARIANT, ".pth"), ("rms", RMS, ".safetensors")])
+@pytest.mark.slow
 def test_round_trip_random_weights(tmp_path, name, arch, suffix):
     w = random_weights(arch)
     assert_same(from_timm_state_dict(to_timm_state_dict(w, arch), arch), w)
@@ -256,6 +257,7 @@ def timm():
 @pytest.mark.parametrize("name, arch, seed", [("tiny-parity", TINY, None), ("vits16", VITS, 1), ("vitb16", VITB, 2),
                                               ("variant", VARIANT, 3), ("rms-swiglu64", RMS, 4)])
 @pytest.mark.parametrize("size", [(224, 224), (160, 224)])
+@pytest.mark.slow
 def test_numerically_identical_to_timm(timm, parity_weights, name, arch, seed, size):
     w = dict(parity_weights) if seed is None else random_weights(arch, seed)
     ours = DinoVisionTransformer(**arch)

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # `launchers` is imported from the repository root
-    sys.path.insert(0, str(REPO))
 LOCAL_SLURM_CONF = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/slurm_local")) / "etc" / "slurm.conf"
 
 

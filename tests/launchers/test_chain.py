@@ -63,13 +63,15 @@ def test_two_node_chain_runs_to_results_and_every_job_completes(slurm_chain):
     out, proc = slurm_chain
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = read_jobs(out)
-    assert jobs["cluster"] == "slurm" and list(jobs["jobs"]) == ["pretrain", "convert", "linear", "knn"]
+    assert jobs["cluster"] == "slurm" and list(jobs["jobs"]) == ["pretrain", "linear", "knn"]
     ids = [r["job_id"] for r in jobs["jobs"].values()]
     assert sacct_states(ids) == [(i, "COMPLETED") for i in ids]
     assert all(r["state"] == "COMPLETED" for r in jobs["jobs"].values())
     pre = jobs["jobs"]["pretrain"]
     assert pre["nodes"] == 2 and pre["nodelist"] == "n[1-2]" and pre["restarts"] == 0
-    assert jobs["jobs"]["linear"]["depends_on"] == ["convert"] and jobs["jobs"]["convert"]["depends_on"] == ["pretrain"]
+    assert jobs["jobs"]["linear"]["depends_on"] == jobs["jobs"]["knn"]["depends_on"] == ["pretrain"]
+    teacher = json.loads((out / "teacher.json").read_text())  # written by the pretraining itself
+    assert teacher["iteration"] == 19 and teacher["source"] == str(out / "ckpt" / "19")
     # one process per node, in one gloo group of 2
     assert "FSDP2: 2 ranks" in (out / "log.txt").read_text()
     rank1_log = Path(pre["stdout"].replace("_0_log.out", "_1_log.out")).read_text()
@@ -129,7 +131,7 @@ def test_usr2_checkpoints_requeues_and_resumes_without_recomputing(slurm_cluster
 
 
 @slurm
-def test_failing_pretraining_cancels_conversion_and_evaluation(slurm_cluster, phantom_shards, tmp_path):
+def test_failing_pretraining_cancels_the_evaluations(slurm_cluster, phantom_shards, tmp_path):
     shards = tmp_path / "corrupt"
     shutil.copytree(phantom_shards, shards)
     (next(shards.glob("train-*.tar"))).write_bytes(b"\0" * 4096)  # the manifest still promises its samples
@@ -138,12 +140,12 @@ def test_failing_pretraining_cancels_conversion_and_evaluation(slurm_cluster, ph
     assert proc.returncode == 1, proc.stdout + proc.stderr
     jobs = read_jobs(out)["jobs"]
     ids = {name: r["job_id"] for name, r in jobs.items()}
-    assert dict(sacct_states(list(ids.values()))) == {ids["pretrain"]: "FAILED", ids["convert"]: "CANCELLED",
-                                                     ids["linear"]: "CANCELLED", ids["knn"]: "CANCELLED"}
+    assert dict(sacct_states(list(ids.values()))) == {ids["pretrain"]: "FAILED", ids["linear"]: "CANCELLED",
+                                                     ids["knn"]: "CANCELLED"}
     assert jobs["pretrain"]["state"] == "FAILED" and "exited with code 2: error (rank" in jobs["pretrain"]["error"]
-    assert all(jobs[n]["state"] == "CANCELLED" for n in ("convert", "linear", "knn"))
+    assert all(jobs[n]["state"] == "CANCELLED" for n in ("linear", "knn"))
     assert f"FAILED: pretrain (job {ids['pretrain']})" in proc.stdout
-    assert "CANCELLED: convert" in proc.stdout and "--resume" in proc.stdout
+    assert "CANCELLED: linear" in proc.stdout and "--resume" in proc.stdout
     assert not (out / "teacher.pth").exists() and not (out / "eval" / "linear").exists()
 
 
@@ -171,7 +173,7 @@ def test_without_srun_the_launcher_runs_the_chain_locally(local_chain):
     assert "no `srun` on PATH" in proc.stdout and "2 nodes x 1 = 2 CPU processes" in proc.stdout
     jobs = read_jobs(out)
     assert jobs["cluster"] == "local"
-    assert [r["state"] for r in jobs["jobs"].values()] == ["COMPLETED"] * 4
+    assert [r["state"] for r in jobs["jobs"].values()] == ["COMPLETED"] * 3
     assert "FSDP2: 2 ranks" in (out / "log.txt").read_text()
     assert (out / "eval" / "linear" / "results.json").is_file() and (out / "eval" / "comparison.md").is_file()
     assert submitit_rule_port(int(jobs["jobs"]["pretrain"]["job_id"])) in held  # the old rule's port was taken
@@ -179,18 +181,25 @@ def test_without_srun_the_launcher_runs_the_chain_locally(local_chain):
     assert not (out / ".rendezvous").exists()  # removed once the group had formed
 
 
-def test_submit_eval_converts_a_checkpoint_and_evaluates_it(local_chain, phantom_shards, tmp_path):
+def test_submit_eval_takes_a_runs_teacher_and_converts_a_checkpoint_first(local_chain, phantom_shards, tmp_path):
     run, _, _ = local_chain
     out = tmp_path / "ev"
-    proc = run_launcher("submit_eval.py", ["--cluster", "local", "--weights", str(run), "--dataset",
-                                           str(phantom_shards), "--eval-config", "knn", "--output-dir", str(out)])
+    base = ["--cluster", "local", "--dataset", str(phantom_shards), "--eval-config", "knn"]
+    proc = run_launcher("submit_eval.py", [*base, "--weights", str(run), "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = read_jobs(out)["jobs"]
+    assert list(jobs) == ["knn"] and jobs["knn"]["depends_on"] == []  # the run's own teacher.pth: no conversion
+    results = json.loads((out / "eval" / "knn" / "results.json").read_text())
+    assert results["weights"]["path"] == str(run / "teacher.pth") and results["weights"]["iteration"] == 19
+    assert results["metrics"] == json.loads((run / "eval" / "knn" / "results.json").read_text())["metrics"]
+    out = tmp_path / "ev9"  # a mid-run checkpoint: converted by its own job, which the evaluation waits for
+    proc = run_launcher("submit_eval.py", [*base, "--weights", str(run / "ckpt" / "9"), "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = read_jobs(out)["jobs"]
     assert list(jobs) == ["convert", "knn"] and jobs["knn"]["depends_on"] == ["convert"]
-    assert jobs["convert"]["command"].endswith(f"{run}/ckpt/19 --output {out}/teacher.pth")
+    assert jobs["convert"]["command"].endswith(f"{run}/ckpt/9 --output {out}/teacher.pth")
     results = json.loads((out / "eval" / "knn" / "results.json").read_text())
-    assert results["weights"]["path"] == str(out / "teacher.pth") and results["weights"]["iteration"] == 19
-    assert results["metrics"] == json.loads((run / "eval" / "knn" / "results.json").read_text())["metrics"]
+    assert results["weights"]["path"] == str(out / "teacher.pth") and results["weights"]["iteration"] == 9
 
 
 @slurm

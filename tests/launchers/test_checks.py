@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from dinov3_us.configs import load_config
-from launchers import submit_eval, submit_pretrain
+from dinov3_us.launch import submit_eval, submit_pretrain
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "train" / "tiny_cpu.yaml")
@@ -46,17 +46,17 @@ def test_dry_run_prints_the_sbatch_scripts_of_the_chain(phantom_shards, tmp_path
                               f"train.dataset_path={phantom_shards}:train", "runtime.device=auto"], capsys)
     assert code == 0
     scripts = stdout.split("#!/bin/bash")[1:]
-    assert len(scripts) == 4  # pretrain, convert, linear, knn
-    pretrain, convert, linear, knn = scripts
+    assert len(scripts) == 3  # pretrain (which writes OUT/teacher.pth), linear, knn
+    pretrain, linear, knn = scripts
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
                  "#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --qos=high", "#SBATCH --time=600",
                  "#SBATCH --mem=200G", "#SBATCH --signal=USR2@90", "--kill-on-bad-exit=1"):
         assert line in pretrain, line
-    assert "--dependency" not in pretrain
-    assert "#SBATCH --dependency='afterok:<pretrain>'" in convert and "#SBATCH --kill-on-invalid-dep=yes" in convert
+    assert "--dependency" not in pretrain and "evaluation.teacher_checkpoint" not in pretrain  # the config's
     for ev in (linear, knn):
-        assert "#SBATCH --dependency='afterok:<convert>'" in ev and "#SBATCH --kill-on-invalid-dep=yes" in ev
+        assert "#SBATCH --dependency='afterok:<pretrain>'" in ev and "#SBATCH --kill-on-invalid-dep=yes" in ev
     assert "tools/eval_linear.py" in stdout and f"{phantom_shards}:test" in stdout
+    assert stdout.count(f"--pretrained-weights {out / 'teacher.pth'} ") == 2  # the pretraining's own teacher.pth
     assert "linear.n_last_blocks=[1,2]" in stdout  # vit_test has 2 blocks
     assert not out.exists(), "a dry run must not write anything"
 
@@ -187,12 +187,12 @@ def test_submit_eval_dry_run_on_a_teacher_and_a_checkpoint(phantom_shards, tmp_p
     assert code == 0 and "job linear:" in stdout and "job knn:" in stdout and "job convert" not in stdout
     code = submit_eval.main(["--cluster", "local", "--dry-run", "--weights", str(tmp_path / "nothing"),
                              "--dataset", str(phantom_shards), "--output-dir", str(tmp_path / "ev")])
-    assert code == 2 and "no such file or folder" in capsys.readouterr().err
+    assert code == 2 and f"weights file or folder {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
     ckpt = tmp_path / "run" / "ckpt" / "7"
     ckpt.mkdir(parents=True)
     code = submit_eval.main(["--cluster", "local", "--dry-run", "--weights", str(tmp_path / "run"), "--dataset",
                              str(phantom_shards), "--output-dir", str(tmp_path / "ev")])
-    assert code == 2 and "no complete checkpoint" in capsys.readouterr().err
+    assert code == 2 and "run folder without a complete checkpoint" in capsys.readouterr().err
 
 
 def _bin(tmp_path: Path, **scripts: str) -> Path:
@@ -230,21 +230,45 @@ def test_submit_eval_help_is_about_evaluation_jobs():
     assert "--nodes NODES nodes for pretraining" in pretrain and "checkpoints and requeues itself" in pretrain
 
 
-def test_the_conversion_job_takes_the_checkpoint_the_launch_asks_for(tmp_path):
+def test_eval_checkpoint_is_the_pretraining_override_that_picks_the_teacher(phantom_shards, tmp_path, capsys):
+    code, stdout, _ = launch(["--cluster", "local", "--dry-run", "--config-file", TINY, "--output-dir",
+                              str(tmp_path / "run"), f"train.dataset_path={phantom_shards}:train",
+                              "--eval-checkpoint", "best"], capsys)
+    assert code == 0 and "evaluation.teacher_checkpoint=best" in stdout and "job convert" not in stdout
+    assert "job linear:" in stdout and "job knn:" in stdout
+
+
+def test_the_one_rule_for_which_checkpoint_stands_for_a_run(tmp_path):
     from dinov3_us.checkpointer import CheckpointManager, TrainState
     from dinov3_us.run_dir import RunDir
-    from launchers.stages import ConvertJob
+    from dinov3_us.weights.resolve import select_checkpoint
 
     run = RunDir(tmp_path / "run")
     ckpt = CheckpointManager(run.ckpt, period=1, max_to_keep=5, keep_every=0)
     for it in (3, 7):
         ckpt.save(it, {"train": TrainState(iteration=it)})
-
-    def job(select):
-        return ConvertJob("convert", run, str(tmp_path), source=run, select=select)
-
-    assert job("auto").resolve() == run.ckpt / "7" and job("best").resolve() is None  # no monitor, no best
-    assert "ckpt/<best>" in job("best").command()
+    assert select_checkpoint(run, "auto") == run.ckpt / "7" and select_checkpoint(run, "best") is None  # no best
     ckpt.mark_best(3, {"metric": "monitor_knn", "score": 0.6})
-    assert job("auto").resolve() == job("best").resolve() == run.ckpt / "3"
-    assert job("latest").resolve() == run.ckpt / "7"
+    assert select_checkpoint(run, "auto") == select_checkpoint(run, "best") == run.ckpt / "3"
+    assert select_checkpoint(run, "latest") == run.ckpt / "7"
+
+
+def test_submit_eval_reads_the_run_config_through_the_validating_loader(phantom_shards, tmp_path, capsys):
+    from dinov3_us.checkpointer import CheckpointManager, TrainState
+    from dinov3_us.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    CheckpointManager(run.ckpt, period=1, max_to_keep=5, keep_every=0).save(3, {"train": TrainState(iteration=3)})
+    cfg = load_config(TINY, ["crops.global_crops_size=48"]).to_dict()
+    run.config.write_text(yaml.safe_dump(cfg))
+    args = ["--weights", str(run.root), "--dataset", str(phantom_shards), "--output-dir", str(tmp_path / "ev"),
+            "--cluster", "local", "--dry-run"]
+    assert submit_eval.main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "data.image_size=48" in stdout  # the evaluations run at the run's resolution
+    assert "job convert" in stdout and "after convert succeeded" in stdout  # no teacher.pth: converted first
+    cfg["monitor"]["linear_epochs"] = 5  # a key the config does not have
+    run.config.write_text(yaml.safe_dump(cfg))
+    assert submit_eval.main(args) == 2
+    err = capsys.readouterr().err
+    assert str(run.config) in err and "monitor.linear_epochs" in err and "nothing was submitted" in err

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from dinov3_us.errors import DataError
+from dinov3_us.launch.cluster import parse_gres_gpus, sbatch_script, slurm_parameters
+from dinov3_us.launch.jobs import JobsFile, parse_sacct
+from dinov3_us.launch.stages import JobContext, JobFailedError, PretrainJob, should_requeue, signals_seen
 from dinov3_us.run_dir import RunDir
 from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
-from launchers.common import parse_gres_gpus, sbatch_script, slurm_parameters
-from launchers.jobs import JobsFile, parse_sacct
-from launchers.stages import JobContext, JobFailedError, PretrainJob, should_requeue, signals_seen
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def _launch(tmp_path) -> JobsFile:
 
 
 def test_sbatch_script_shows_every_option_and_the_requeue_signal(tmp_path):
-    from launchers.common import ClusterOptions, Resources
+    from dinov3_us.launch.cluster import ClusterOptions, Resources
 
     params = slurm_parameters("dinov3_us.convert", Resources(2, 4, 4, 600), ClusterOptions(account="proj", mem="200G"),
                               "afterok:<pretrain>")
@@ -168,6 +168,7 @@ def _status(folder) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_status_looks_one_level_down_for_the_launch(tmp_path):
     demo = tmp_path / "demo"
     JobsFile(demo / "pretrain" / "jobs.json").write(

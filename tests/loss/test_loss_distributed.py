@@ -3,6 +3,7 @@ must get exactly what one process computes on the whole batch."""
 
 import datetime
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -65,6 +66,7 @@ def _koleo_per_sample(x: torch.Tensor) -> torch.Tensor:
     return -torch.log(torch.nn.functional.pairwise_distance(xn, xn[nn_index], eps=1e-8) + 1e-8)
 
 
+@pytest.mark.slow
 def test_losses_on_two_processes_match_one_process(tmp_path):
     torch.manual_seed(0)
     dino_logits = 6.0 * torch.randn(12, 32)

@@ -8,7 +8,7 @@ import torch
 from dinov3_us.hub import dinov3_vitb16, dinov3_vits16
 from dinov3_us.models import build_model_from_cfg
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
-from dinov3_us.models.weights import load_backbone_weights
+from dinov3_us.weights import load_backbone_weights
 
 TINY = dict(img_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=2, n_storage_tokens=4, ffn_ratio=4,
             layerscale_init=1e-5, mask_k_bias=True, qkv_bias=True, norm_layer="layernormbf16",

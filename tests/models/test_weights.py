@@ -6,7 +6,8 @@ import torch
 from dinov3_us.errors import CheckpointError
 from dinov3_us.hub import dinov3_vits16
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
-from dinov3_us.models.weights import load_backbone_weights, read_state_dict
+from dinov3_us.weights.formats import read_state_dict
+from dinov3_us.weights.load import load_backbone_weights
 
 KW = dict(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2, n_storage_tokens=4, mask_k_bias=True)
 
@@ -43,6 +44,7 @@ def test_missing_file_and_pretrained_without_weights(tmp_path):
         dinov3_vits16(pretrained=True)
 
 
+@pytest.mark.slow
 def test_hub_builder_loads_weights_strictly(tmp_path):
     ref = dinov3_vits16()
     path = tmp_path / "vits16.pth"

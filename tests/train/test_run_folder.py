@@ -13,11 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from disks import tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = [sys.executable, str(REPO / "tools" / "train.py"), "--config-file", str(REPO / "configs/train/tiny_cpu.yaml")]
 SHORT = ["optim.epochs=1", "train.OFFICIAL_EPOCH_LENGTH=4", "checkpointing.period=2", "train.log_period=1"]
+pytestmark = pytest.mark.slow  # every test starts tools/train.py in a subprocess
 
 
 def cmd(out: Path, data: Path, *extra: str) -> list[str]:

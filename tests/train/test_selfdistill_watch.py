@@ -100,6 +100,7 @@ def small_data_knobs() -> list[str]:
     return [f"{section}.{key}={preset[section][key]}" for section, key in keys]
 
 
+@pytest.mark.slow
 def test_the_official_knobs_trip_the_alarm_on_a_tiny_run(tmp_path, phantom_shards):
     # tiny_cpu.yaml keeps the official self-distillation knobs (plain prototypes, 0.04 -> 0.07, LayerScale 1e-5)
     proc, records = _train(tmp_path / "run", f"{phantom_shards}:train", "optim.epochs=4",
@@ -115,6 +116,7 @@ def test_the_official_knobs_trip_the_alarm_on_a_tiny_run(tmp_path, phantom_shard
     assert f"never below 0.97 ln K; the self-distillation alarm fired at iteration {first}." in report
 
 
+@pytest.mark.slow
 def test_the_small_data_knobs_leave_the_plateau_on_hc18_and_do_not_trip_it(tmp_path, data_dir):
     shards = tmp_path / "hc18"
     curate = subprocess.run([sys.executable, str(REPO / "tools" / "build_dataset.py"), "--source", "hc18", "--task",

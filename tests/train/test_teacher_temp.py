@@ -108,6 +108,7 @@ def _rank(rank: int, init_file: str, out) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_every_rank_uses_the_same_temperature(tmp_path):
     ctx = mp.get_context("spawn")
     out = ctx.Queue()

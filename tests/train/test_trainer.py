@@ -7,13 +7,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+
 from dinov3_us.checkpointer import invalid_reason
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
-from dinov3_us.models.weights import load_backbone_weights
+from dinov3_us.weights import load_backbone_weights
+from dinov3_us.weights.checkpoint import convert_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = [sys.executable, str(REPO / "tools" / "train.py"), "--config-file", str(REPO / "configs/train/tiny_cpu.yaml")]
 SHORT = ["optim.epochs=2", "train.OFFICIAL_EPOCH_LENGTH=6", "checkpointing.period=4", "train.log_period=2"]
+pytestmark = pytest.mark.slow  # every test trains in a subprocess
 
 
 def train(out: Path, data: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
@@ -30,7 +35,7 @@ def test_run_writes_every_output_and_resumes(tmp_path, phantom_shards):
                                                                    "rank0.pt")}
     report = {"report.md", "report.html", *(f"report/{f}.png" for f in ("selfdistill", "losses", "schedules",
                                                                         "throughput"))}  # no monitor: too few
-    assert names == {"config.yaml", ".train.lock", "log.txt", "training_metrics.jsonl",
+    assert names == {"config.yaml", ".train.lock", "log.txt", "training_metrics.jsonl", "teacher.pth", "teacher.json",
                      "eval/training_11/teacher_checkpoint.pth",
                      "eval/training_11/teacher_checkpoint.json"} | ckpt_files | report | {
                      f"ckpt/3/{f}" for f in (".metadata", "__0_0.distcp", "COMPLETE.json", "rank0.pt")}
@@ -47,10 +52,22 @@ def test_run_writes_every_output_and_resumes(tmp_path, phantom_shards):
     load_backbone_weights(backbone, out / "eval/training_11/teacher_checkpoint.pth")  # strict
     assert backbone.in_chans == 1 and meta["iteration"] == 11
 
+    # the completed run's teacher.pth is what tools/convert_checkpoint.py gives for its final checkpoint
+    converted = convert_checkpoint(out / "ckpt" / "11", tmp_path / "converted.pth")
+    written, expected = (torch.load(p, weights_only=True) for p in (out / "teacher.pth", converted))
+    assert list(written) == list(expected) and all(torch.equal(written[k], expected[k]) for k in expected)
+    sidecar = json.loads((out / "teacher.json").read_text())
+    assert sidecar == json.loads((tmp_path / "converted.json").read_text())
+    assert sidecar["iteration"] == 11 and sidecar["source"] == str(out / "ckpt" / "11")
+    assert sidecar["selected"] == "the final checkpoint (no best checkpoint on the downstream monitor)"
+    mtime = (out / "teacher.pth").stat().st_mtime_ns
+
     again = train(out, phantom_shards)  # nothing left to do: resume and stop
-    assert again.returncode == 0
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"Resuming from {out / 'ckpt' / '11'} at iteration 11" in again.stdout
     assert "it 12/12" not in again.stdout
+    assert f"{out / 'teacher.pth'} already holds checkpoint {out / 'ckpt' / '11'}" in again.stdout
+    assert (out / "teacher.pth").stat().st_mtime_ns == mtime  # not rewritten
 
 
 def test_preemption_signal_checkpoints_and_exits_for_requeue(tmp_path, phantom_shards):
@@ -68,6 +85,7 @@ def test_preemption_signal_checkpoints_and_exits_for_requeue(tmp_path, phantom_s
     saved = sorted(int(p.name) for p in (out / "ckpt").iterdir() if p.name.isdigit())
     assert len(saved) == 1 and saved[0] < 1000  # the interrupted iteration, not a periodic one
     assert "received SIGUSR1" in stdout
+    assert not (out / "teacher.pth").exists() and not (out / "teacher.json").exists()  # only a completed run
 
 
 def test_non_finite_losses_stop_with_a_clear_error(tmp_path, phantom_shards):

@@ -27,11 +27,9 @@ used by the tests to prove that our shards read back through `wds.WebDataset`):
 - `wds.TarWriter` writes USTAR headers with user/group `bigdata`, mode 0444 and (unless set) the
   current mtime, and no atomic commit: adopting it would change the bytes of every shard (builds are
   byte-reproducible and fingerprinted) for no gain.
-- Speed, side by side in one run (`python bench/bench_tar_reader.py`, `bench/results/tar_reader.json`:
-  192 HC18 images in 6 shards of 32, page-cached, 2 CPUs, samples/s out of the tars, this reader vs
-  webdataset `tar_file_iterator` + `group_by_keys`): every position 21,971 vs 20,228 (x1.09); every
-  4th position (one worker of 4) 8,200 vs 5,053 (x1.62); the last quarter (a resume) 7,495 vs 5,055
-  (x1.48). On par on full passes, faster where resume and workers need it.
+- Speed: this reader against webdataset's `tar_file_iterator` + `group_by_keys`, side by side in one
+  run, on every position, one worker's share and a resume's tail: see bench/bench_tar_reader.py ->
+  bench/results/tar_reader.json. On par on full passes, faster where resume and workers need it.
 """
 
 from dinov3_us.data.shards.layout import MANIFEST, is_shard_file, shard_name, split_key

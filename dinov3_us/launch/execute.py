@@ -3,7 +3,7 @@
 SLURM: every job is submitted at once, dependents with `--dependency=afterok:<parent>` and
 `--kill-on-invalid-dep=yes`; the launcher prints ids, logs, the output layout and how to watch, and
 follows the jobs with `--wait`. Local / debug: the jobs run one after the other in the foreground
-(`launchers.local_controller`: one process per task, a failed task ends its siblings, nothing outlives
+(`dinov3_us.launch.local_controller`: one process per task, a failed task ends its siblings, nothing outlives
 the launcher; DebugExecutor: in this process); a failure cancels the rest. Both write `OUT/jobs.json`.
 """
 
@@ -18,16 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dinov3_us.run_dir import RunDir
-from launchers.common import (
-    ClusterOptions,
-    make_executor,
-    make_importable,
-    sbatch_script,
-    setup_logging,
-    slurm_parameters,
-)
-from launchers.jobs import (
+from dinov3_us.launch.cluster import ClusterOptions, make_executor, sbatch_script, slurm_parameters
+from dinov3_us.launch.jobs import (
     JOBS_FILE,
     JobsFile,
     now,
@@ -38,9 +30,11 @@ from launchers.jobs import (
     summary_table,
     watch,
 )
-from launchers.local_controller import LocalJob, job_failure, stop_job
-from launchers.plan import JobSpec
-from launchers.stages import write_report
+from dinov3_us.launch.local_controller import LocalJob, job_failure, stop_job
+from dinov3_us.launch.plan import JobSpec
+from dinov3_us.launch.stages import write_report
+from dinov3_us.log import setup_logging
+from dinov3_us.run_dir import RunDir
 
 logger = logging.getLogger("dinov3_us")
 
@@ -138,8 +132,8 @@ def layout(launch: Launch) -> str:
         lines += [f"  {out}/config.yaml               resolved pretraining config",
                   f"  {out}/log.txt, training_metrics.jsonl, tb/   pretraining log and metrics",
                   f"  {out}/ckpt/<iteration>/          checkpoints (a requeued job resumes from the latest)"]
-    if "convert" in kinds:
-        lines.append(f"  {out}/teacher.pth, teacher.json   converted teacher backbone (official key format)")
+    if kinds & {"pretrain", "convert"}:
+        lines.append(f"  {out}/teacher.pth, teacher.json   the teacher backbone (official key format)")
     for spec in launch.jobs:
         if spec.kind == "eval":
             lines.append(f"  {spec.outputs[0]}/   results.json, summary.md, confusion_matrix.png")
@@ -169,7 +163,6 @@ def dry_run(launch: Launch) -> int:
 
 def submit_slurm(launch: Launch, wait: bool, poll_s: float) -> int:
     """Submit every job (dependencies by id), write jobs.json, print how to follow; with `wait`, follow."""
-    make_importable()
     _start_jobs_file(launch)
     ids: dict[str, str] = {}
     for spec in launch.jobs:
@@ -235,9 +228,8 @@ def run_local(launch: Launch) -> int:
     """Run the chain here, job after job (local: subprocesses; debug: this process).
 
     Nothing outlives the launcher: a job still running when it stops (an error, Ctrl-C) is ended whole
-    (`stop_job`), and a killed launcher ends its jobs through their controllers (`launchers.local_controller`).
+    (`stop_job`), and a killed launcher ends its jobs through their controllers (`dinov3_us.launch.local_controller`).
     """
-    make_importable()
     _start_jobs_file(launch)
     for note in launch.notes:
         print(f"note: {note}")

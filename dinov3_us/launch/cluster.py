@@ -1,7 +1,7 @@
 """What both launchers share: command-line options, cluster detection, partition GPUs and submitit executors.
 
 `--cluster auto` (the default) submits to SLURM when `srun` is on PATH and runs the same chain locally
-(`launchers.local_controller`, one process per task) when it is not; `slurm`, `local` and `debug` (in
+(`dinov3_us.launch.local_controller`, one process per task) when it is not; `slurm`, `local` and `debug` (in
 this process, for a debugger) force one. A `--dry-run` prints every job's SLURM options as `#SBATCH`
 lines and the command submitit's job runs (submitit adds its own log and open-mode lines).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -21,28 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from dinov3_us.errors import DinoUSError
+from dinov3_us.launch.argtypes import nonnegative_float, nonnegative_int, positive_int
 
 logger = logging.getLogger("dinov3_us")
 
-REPO = Path(__file__).resolve().parents[1]
-TOOLS = REPO / "tools"
 CLUSTERS = ("auto", "slurm", "local", "debug")
 SIGNAL_DELAY_S = 90  # USR2 this long before the time limit: the pretraining checkpoints and requeues
 
 
 class LaunchError(DinoUSError):
     """A problem found before anything was submitted (nothing was submitted)."""
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def add_cluster_args(parser: argparse.ArgumentParser, timeout_min: int, pretraining: bool = True) -> None:
@@ -77,7 +64,7 @@ def add_cluster_args(parser: argparse.ArgumentParser, timeout_min: int, pretrain
     g.add_argument("--qos", help="SLURM quality of service")
     g.add_argument("--timeout", type=positive_int, default=timeout_min, metavar="MIN", help=timeout_help)
     g.add_argument("--eval-timeout", type=positive_int, default=240, metavar="MIN", help=eval_timeout_help)
-    g.add_argument("--max-num-timeout", type=int, default=3, metavar="N", help=requeue_help)
+    g.add_argument("--max-num-timeout", type=nonnegative_int, default=3, metavar="N", help=requeue_help)
     g.add_argument("--cpus-per-task", type=positive_int, help="CPUs per task (default: SLURM's)")
     g.add_argument("--mem", help="memory per node in SLURM syntax, e.g. 200G (default: SLURM's)")
     g.add_argument("--exclude", help="nodes to avoid, e.g. node[1-3]")
@@ -87,7 +74,8 @@ def add_cluster_args(parser: argparse.ArgumentParser, timeout_min: int, pretrain
                    help="check everything, print the sbatch scripts (or local commands) and submit nothing")
     g.add_argument("--wait", action="store_true",
                    help="SLURM: stay and follow the jobs until they end (local runs always do)")
-    g.add_argument("--poll", type=float, default=10.0, metavar="S", help="seconds between state checks (default 10)")
+    g.add_argument("--poll", type=nonnegative_float, default=10.0, metavar="S",
+                   help="seconds between state checks (default 10)")
 
 
 def run_command(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
@@ -237,7 +225,7 @@ def make_executor(cluster: str, folder: Path, name: str, res: Resources, opts: C
         executor = submitit.SlurmExecutor(folder, max_num_timeout=opts.max_num_timeout)
         executor.update_parameters(**slurm_parameters(name, res, opts, dependency))
     elif cluster == "local":
-        from launchers.local_controller import LocalExecutor
+        from dinov3_us.launch.local_controller import LocalExecutor
 
         executor = LocalExecutor(folder)  # a failed task ends its siblings; nothing outlives the launcher
         executor.update_parameters(timeout_min=res.timeout_min, tasks_per_node=res.tasks_per_node,
@@ -247,16 +235,3 @@ def make_executor(cluster: str, folder: Path, name: str, res: Resources, opts: C
     else:
         raise LaunchError(f"unknown cluster {cluster!r}; expected one of {', '.join(CLUSTERS[1:])}")
     return executor
-
-
-def make_importable() -> None:
-    """Put the repository on PYTHONPATH so that jobs (sbatch exports the environment) can unpickle the tasks."""
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if str(REPO) not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *parts])
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Launcher console logging."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("dinov3_us").setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -4,13 +4,12 @@ Checks: the config file exists and validates (an unknown key is an error with a 
 pretraining shards and any pretrained weights exist, the output folder does not hold a run with a
 different config (unless `--resume`), no job of an earlier launch into it is still queued, G is not
 more than the partition's GPUs per node, and every evaluation config validates and names readable
-labelled shards. Then the chain: pretrain -> convert (afterok) -> one job per evaluation (afterok).
+labelled shards. Then the chain: pretrain (it writes OUT/teacher.pth) -> one job per evaluation (afterok).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,12 @@ from dinov3_us.configs.config import config_differences
 from dinov3_us.data.shards import load_manifest, parse_dir_spec, resolve_shards
 from dinov3_us.errors import DinoUSError
 from dinov3_us.eval.protocols import PROTOCOLS
+from dinov3_us.launch.cluster import LaunchError, Resources, partition_gpus, resolve_cluster
+from dinov3_us.launch.jobs import JOBS_FILE, TERMINAL_STATES, JobsFile, refresh
+from dinov3_us.launch.stages import EvalJob, PretrainJob, StageJob
 from dinov3_us.run_dir import RunDir
 from dinov3_us.train.trainer import split_dataset_path
-from launchers.common import LaunchError, Resources, partition_gpus, resolve_cluster
-from launchers.jobs import JOBS_FILE, TERMINAL_STATES, JobsFile, refresh
-from launchers.stages import ConvertJob, EvalJob, PretrainJob, StageJob
+from dinov3_us.weights.sidecar import sidecar_arch, sidecar_path
 
 DEFAULT_EVAL_TASKS = ("linear", "knn")
 LABELLED_SPLITS = ("train", "val", "test")
@@ -37,7 +37,7 @@ class JobSpec:
     """One job of the chain: its callable, resources and dependencies."""
 
     name: str
-    kind: str  # pretrain | convert | eval
+    kind: str  # pretrain | convert (submit_eval.py) | eval
     task: StageJob
     resources: Resources
     depends_on: list[str] = field(default_factory=list)
@@ -288,35 +288,28 @@ def _sinfo_available() -> bool:
 
 
 def pretrain_chain(cfg_file: str | None, overrides: list[str], run: RunDir, cwd: str, main: Resources,
-                   side: Resources, evals: list[JobSpec], allow_config_change: bool = False,
-                   eval_checkpoint: str = "auto") -> list[JobSpec]:
-    """pretrain -> convert (the checkpoint `eval_checkpoint` picks, see `ConvertJob`) -> evaluations."""
+                   side: Resources, evals: list[JobSpec], allow_config_change: bool = False) -> list[JobSpec]:
+    """pretrain (which writes OUT/teacher.pth at its end, `evaluation.teacher_checkpoint`) -> evaluations."""
     config = str(Path(cfg_file).resolve()) if cfg_file else None
     jobs = [
         JobSpec("pretrain", "pretrain",
                 PretrainJob("pretrain", run, cwd, config, list(overrides), allow_config_change), main, [],
-                [str(run.ckpt), str(run.metrics), str(run.log)]),
-        JobSpec("convert", "convert", ConvertJob("convert", run, cwd, source=run, select=eval_checkpoint),
-                Resources(1, 1, 0, side.timeout_min), ["pretrain"],
-                [str(run.teacher), str(run.teacher.with_suffix(".json"))]),
+                [str(run.ckpt), str(run.metrics), str(run.log), str(run.teacher), str(sidecar_path(run.teacher))]),
     ]
     for spec in evals:
         spec.resources = side
-        spec.depends_on = ["convert"]
+        spec.depends_on = ["pretrain"]
         jobs.append(spec)
     return jobs
 
 
 def model_info_from_teacher(weights: Path) -> dict | None:
-    """{'depth', 'img_size'} from the architecture JSON written beside an exported/converted teacher."""
-    meta = weights.with_suffix(".json")
-    if not meta.is_file():
+    """{'depth', 'img_size'} from the sidecar written beside an exported/converted teacher, or None without one
+    (a sidecar that cannot be read: `CheckpointError`, see `dinov3_us.weights.sidecar`)."""
+    arch = sidecar_arch(weights)
+    if arch is None or not {"depth", "img_size"} <= set(arch):
         return None
-    try:
-        arch = json.loads(meta.read_text())["arch"]
-        return {"depth": int(arch["depth"]), "img_size": int(arch["img_size"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return {"depth": int(arch["depth"]), "img_size": int(arch["img_size"])}
 
 
 def model_info_from_config(cfg: Config) -> dict:

@@ -41,6 +41,7 @@ REQUEUE_EXIT_CODE = 144  # submitit's local requeue (LocalJobEnvironment._requeu
 MAX_ATTEMPTS = 6
 POLL_S = 0.1
 PR_SET_PDEATHSIG = 1
+CONTROLLER_MODULE = "dinov3_us.launch.local_controller"  # what each job's controller process runs
 
 
 def set_parent_death_signal(sig: int) -> None:
@@ -178,7 +179,7 @@ class LocalExecutor(submitit.LocalExecutor):
                    SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(self.parameters.get("signal_delay_s", 30))),
                    CUDA_VISIBLE_DEVICES=",".join(map(str, range(self.parameters.get("gpus_per_node", 0)))),
                    DINOV3_US_LOCAL_COMMAND=json.dumps(shlex.split(command)), DINOV3_US_LAUNCHER_PID=str(os.getpid()))
-        process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(self.folder)], env=env,
+        process = subprocess.Popen([sys.executable, "-m", CONTROLLER_MODULE, str(self.folder)], env=env,
                                    start_new_session=True)  # the job's own process group: stop_job ends it whole
         return ControlledJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
 
@@ -204,7 +205,7 @@ def job_failure(job: LocalJob) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    """`python local_controller.py <submitit folder>` (started by `LocalExecutor`)."""
+    """`python -m dinov3_us.launch.local_controller <submitit folder>` (started by `LocalExecutor`)."""
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != int(os.environ.get("DINOV3_US_LAUNCHER_PID", os.getppid())):
         return 1  # the launcher died before the line above took effect

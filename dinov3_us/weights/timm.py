@@ -1,39 +1,41 @@
 """Backbones in and out of timm's DINOv3 models (`vit_*_patch16_dinov3*`, built on timm's `Eva`), key for key.
 
-timm is not imported here: this module maps architectures and state dicts only. Written against timm
-1.0.31; the references below are to files of that release.
+timm is not imported here: this module maps architectures and state dicts only. The contract below
+names timm's classes, functions and keyword arguments (no line numbers: `setup.py` allows a range of
+timm releases); `tests/interop/test_timm.py` builds the model with the installed timm, loads the
+export with `strict=True` and compares its outputs with ours, so a release that changes it fails there.
 
-What timm's model is (read, not run, from the timm sources):
+What timm's model is (from the timm sources):
 
-- `timm/models/eva.py`, `vit_small_patch16_dinov3_qkvb` & co. (~l. 3008-3230): `Eva(patch_size=16,
+- `timm/models/eva.py`, `vit_small_patch16_dinov3_qkvb` & co.: `Eva(patch_size=16,
   dynamic_img_size=True, init_values=1e-5, rope_type="dinov3", rope_temperature=100,
   rope_rotate_half=True, use_abs_pos_emb=False, num_reg_tokens=4, use_fc_norm=False,
   norm_layer=partial(LayerNorm, eps=1e-5))`; `_qkvb` variants set `qkv_bias=True`. The `plus` models
   add `swiglu_mlp=True, swiglu_align_to=8`. Pooling defaults to "avg"; we pass `global_pool="token"`
   so `model(x)` is the normed CLS token, as our `forward()`.
-- RoPE, `timm/layers/pos_embed_sincos.py` `RotaryEmbeddingDinoV3` (~l. 1381) and `_build_grid`
-  (~l. 116): periods `temperature ** (2 i / (D_head / 2))`, i < D_head / 4, computed in float32 and
+- RoPE, `timm/layers/pos_embed_sincos.py` `RotaryEmbeddingDinoV3` and `_build_grid`:
+  periods `temperature ** (2 i / (D_head / 2))`, i < D_head / 4, computed in float32 and
   never stored (`periods` is a non-persistent buffer kept at >= float32 by `_freq_buffer_dtype`);
   coordinates are patch centres `(arange(0.5, s) / s) * 2 - 1` with "separate" normalisation (Eva
-  passes no `normalize_coords`, no `min_period`/`max_period`: only `rope_temperature`, eva.py ~l. 760);
-  angles `2 pi coord / period`, (h then w) frequencies, laid out `cat([a, a])` (rotate-half, `_rope_layout`
-  ~l. 190) and applied as `x cos + rotate_half(x) sin` (`apply_rot_embed` ~l. 446) to the patch tokens
+  passes no `normalize_coords`, no `min_period`/`max_period`: only `rope_temperature`);
+  angles `2 pi coord / period`, (h then w) frequencies, laid out `cat([a, a])` (rotate-half,
+  `_rope_layout`) and applied as `x cos + rotate_half(x) sin` (`apply_rot_embed`) to the patch tokens
   only: the first `num_prefix_tokens = 1 + num_reg_tokens` tokens (CLS, then registers) are skipped
-  (`EvaAttention.forward`, eva.py ~l. 270). Shift/jitter/rescale augmentations run only in training
+  (`EvaAttention.forward`). Shift/jitter/rescale augmentations run only in training
   (`_create_embed`: `self.training and self.aug_active`); in eval the RoPE equals ours exactly when ours
   is computed in float32. Ours in bf16/fp16 (`pos_embed_rope_dtype`) computes the tables and rotates q/k
   in that dtype, which timm cannot do: that arch is refused (CheckpointError) rather than exported with
   a silent numeric change.
-- Attention, `EvaAttention` (eva.py ~l. 138): fused `qkv.weight` without bias, plus parameters `q_bias`
+- Attention, `EvaAttention`: fused `qkv.weight` without bias, plus parameters `q_bias`
   and `v_bias` and a non-persistent all-zero `k_bias` buffer. Our `qkv.bias` [3D] is split into
   thirds; its K third must be zero (always true with `mask_k_bias`, where it is multiplied by the
   `bias_mask` buffer's 0: we drop it and restore zeros). `proj` always has a bias.
-- Block, `EvaBlock` (eva.py ~l. 307): LayerScale as plain parameters `gamma_1`/`gamma_2` (ours
+- Block, `EvaBlock`: LayerScale as plain parameters `gamma_1`/`gamma_2` (ours
   `ls1.gamma`/`ls2.gamma`), `Mlp(fc1, GELU, fc2)` with biases, or with `swiglu_align_to > 0`
-  `SwiGLU(fc1_g, fc1_x, fc2)` = fc2(silu(fc1_g x) * fc1_x x) (`timm/layers/mlp.py` ~l. 118) whose
+  `SwiGLU(fc1_g, fc1_x, fc2)` = fc2(silu(fc1_g x) * fc1_x x) (`timm/layers/mlp.py`) whose
   hidden size is `int(dim * mlp_ratio)` rounded up to `align_to` with no 2/3 factor: we pass
   `mlp_ratio = our_hidden / dim`. `ffn_bias=False`/`proj_bias=False` are expressed by zero biases.
-- `timm/models/eva.py` `checkpoint_filter_fn` (~l. 1286) converts official DINOv3 checkpoints the same
+- `timm/models/eva.py` `checkpoint_filter_fn` converts official DINOv3 checkpoints the same
   way (`storage_tokens` -> `reg_token`, `ls1.gamma` -> `gamma_1`, `qkv.bias` -> `q_bias`/`v_bias`,
   dropping `periods`, `bias_mask`, `mask_token`); we write the converted dict ourselves so that
   `model.load_state_dict(sd, strict=True)` works without that filter.
@@ -53,7 +55,6 @@ be exactly zero / one.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import re
@@ -64,9 +65,10 @@ import numpy as np
 import torch
 
 from dinov3_us.errors import CheckpointError
-from dinov3_us.fileio import atomic_path, write_json_atomic
 from dinov3_us.layers.ffn_layers import SWIGLU_ALIGN
 from dinov3_us.models.vision_transformer import complete_arch, ffn_hidden_features
+from dinov3_us.weights.files import read_weights_file, write_weights_file
+from dinov3_us.weights.sidecar import read_sidecar, sidecar_path, write_sidecar
 
 logger = logging.getLogger("dinov3_us")
 
@@ -363,20 +365,14 @@ def export_timm(
         raise CheckpointError(f"meta may not set {clash}: export_timm writes them")
     name, _ = timm_model_args(arch)
     call = timm_create_call(arch)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in to_timm_state_dict(state_dict, arch).items()}
-    with atomic_path(path) as tmp:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        else:
-            torch.save(tensors, tmp)
+    tensors = to_timm_state_dict(state_dict, arch)
+    write_weights_file(tensors, path)
     info = {"format": "timm", "model_name": name, "create_model_kwargs": _kwargs_source(arch), "create_call": call,
-            "arch": dict(arch), **meta}
+            **meta}
     if "mask_token" in state_dict:  # timm has no place for it: kept here, bit for bit, so an import is exact
         info["mask_token_float32_base64"] = base64.b64encode(
             state_dict["mask_token"].detach().to(torch.float32).cpu().contiguous().numpy().tobytes()).decode()
-    write_json_atomic(path.with_suffix(".json"), info)
+    write_sidecar(path, arch, **info)
     logger.info("wrote %s (%d tensors) for %s", path, len(tensors), call)
     return path, call
 
@@ -425,27 +421,17 @@ def import_timm(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor] | N
     JSON the arch is inferred from the shapes (heads from `dinov3_us.models.ARCHS`, other settings timm's
     DINOv3 defaults: LayerNorm eps 1e-5, RoPE base 100, float32 RoPE) and None is returned.
     """
-    from dinov3_us.models.weights import read_weights_file
-
     path = Path(path)
     sd = dict(tensors) if tensors is not None else read_weights_file(path)
     if not looks_like_timm(sd):
         raise CheckpointError(f"{path} does not hold timm DINOv3 keys (e.g. reg_token, blocks.0.gamma_1)")
-    side = path.with_suffix(".json")
-    arch = None
-    if side.is_file():
-        try:
-            info = json.loads(side.read_text())
-        except ValueError as e:
-            raise CheckpointError(f"{side}: not valid JSON ({e})") from None
-        if not isinstance(info, dict) or not isinstance(info.get("arch"), dict):
-            raise CheckpointError(f"{side}: expected a JSON object with an 'arch' object")
-        arch = info["arch"]
+    info = read_sidecar(path)
+    arch = None if info is None else info["arch"]
     state = from_timm_state_dict(sd, arch if arch is not None else _infer_arch(sd))
-    if arch is not None and info.get("mask_token_float32_base64"):
+    if info is not None and info.get("mask_token_float32_base64"):
         raw = np.frombuffer(base64.b64decode(info["mask_token_float32_base64"]), dtype=np.float32)
         if raw.size != state["mask_token"].numel():
-            raise CheckpointError(f"{side}: mask_token holds {raw.size} values, the model "
+            raise CheckpointError(f"{sidecar_path(path)}: mask_token holds {raw.size} values, the model "
                                   f"{state['mask_token'].numel()}")
         state["mask_token"] = torch.from_numpy(raw.copy()).reshape(state["mask_token"].shape)
     return state, arch

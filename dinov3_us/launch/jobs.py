@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from dinov3_us.fileio import write_json_atomic
+from dinov3_us.launch.cluster import run_command
 from dinov3_us.train.metric_logger import progress_line
-from launchers.common import run_command
 
 logger = logging.getLogger("dinov3_us")
 

@@ -1,7 +1,8 @@
 """The callables submitit runs inside the jobs: each calls its stage's Python entry point with typed arguments.
 
-`PretrainJob` -> `dinov3_us.train.trainer.pretrain`, `ConvertJob` -> `dinov3_us.checkpointer.convert.
-convert_checkpoint`, `EvalJob` -> `dinov3_us.eval.protocols.evaluate`. Every task process (one per GPU, or per
+`PretrainJob` -> `dinov3_us.launch.cli_train.train` (which also writes `OUT/teacher.pth`), `ConvertJob` ->
+`dinov3_us.weights.checkpoint.convert_checkpoint` (`submit_eval.py` only), `EvalJob` ->
+`dinov3_us.eval.protocols.evaluate`. Every task process (one per GPU, or per
 CPU process) gets torch.distributed's variables from submitit's `TorchDistributedEnvironment` (SLURM or local)
 except its port (the ranks meet on a port of the kernel's choosing, published in the run folder,
 `dinov3_us.rendezvous`; a MASTER_PORT set where the launcher ran wins), the launch's working directory, and as
@@ -39,9 +40,9 @@ from pathlib import Path
 import submitit
 
 from dinov3_us.errors import DinoUSError
+from dinov3_us.launch.jobs import JobsFile, now
 from dinov3_us.run_dir import RunDir
 from dinov3_us.train.signals import REQUEUE_EXIT_CODE
-from launchers.jobs import JobsFile, now
 
 logger = logging.getLogger("dinov3_us")
 
@@ -221,10 +222,10 @@ class PretrainJob(StageJob, submitit.helpers.Checkpointable):
     def work(self, ctx: JobContext) -> int:
         """Resolve the config and train (resuming from the run's latest checkpoint)."""
         from dinov3_us.configs import load_config
-        from dinov3_us.train.trainer import pretrain
+        from dinov3_us.launch.cli_train import train
 
-        return pretrain(load_config(self.config_file, self.overrides), self.launch,
-                        allow_config_change=self.allow_config_change)
+        return train(load_config(self.config_file, self.overrides), self.launch,
+                     allow_config_change=self.allow_config_change)
 
     def __call__(self) -> dict:
         ctx = JobContext.current()
@@ -276,40 +277,21 @@ class PretrainJob(StageJob, submitit.helpers.Checkpointable):
 
 @dataclass
 class ConvertJob(StageJob):
-    """The teacher of `checkpoint`, or of `source`'s checkpoint chosen by `select`, -> the launch's teacher.pth.
+    """The teacher of the DCP checkpoint folder `checkpoint` -> the launch's teacher.pth (`submit_eval.py` on a
+    checkpoint that is not converted yet; a pretraining writes its own teacher.pth)."""
 
-    `select`: `latest` (the newest complete checkpoint), `best` (the best on the run's downstream
-    monitor, `OUT/ckpt/best.json`) or `auto` (the best where one is marked, else the latest); looked up
-    when the job runs. The teacher's JSON says which it is (`selected`), and so do the evaluations.
-    """
-
-    source: RunDir | None = None
     checkpoint: Path | None = None
-    select: str = "auto"
-
-    def resolve(self) -> Path | None:
-        """The checkpoint to convert (None: the run has none of the kind `select` asks for)."""
-        if self.checkpoint or self.source is None:
-            return self.checkpoint
-        best = self.source.best() if self.select in ("best", "auto") else None
-        if best is not None or self.select == "best":
-            return best[0] if best else None
-        return self.source.latest()
 
     def command(self) -> str:
         """`python tools/convert_checkpoint.py CKPT --output OUT/teacher.pth`."""
-        ckpt = self.resolve() or (self.source.ckpt / f"<{self.select}>" if self.source else "<checkpoint>")
-        return shlex.join(["python", "tools/convert_checkpoint.py", str(ckpt), "--output", str(self.launch.teacher)])
+        return shlex.join(["python", "tools/convert_checkpoint.py", str(self.checkpoint), "--output",
+                           str(self.launch.teacher)])
 
     def work(self, ctx: JobContext) -> int:
-        """Convert (on rank 0; the job has one task)."""
-        from dinov3_us.checkpointer.convert import convert_checkpoint
+        """Convert (the job has one task)."""
+        from dinov3_us.weights.checkpoint import convert_checkpoint
 
-        ckpt = self.resolve()
-        if ckpt is None:
-            what = "best checkpoint (ckpt/best.json)" if self.select == "best" else "complete checkpoint"
-            self.fail(ctx, f"no {what} in {self.source.ckpt} to convert")
-        convert_checkpoint(ckpt, self.launch.teacher)
+        convert_checkpoint(self.checkpoint, self.launch.teacher)
         return 0
 
 

@@ -3,36 +3,39 @@
 `export_hf` writes a folder that `transformers.AutoModel.from_pretrained` loads with no missing or unexpected
 key; `import_hf` reads such a folder back with `safetensors` and `json` only (transformers is not needed).
 
-Conventions, checked against transformers 5.24 (`transformers/models/dinov3_vit/modeling_dinov3_vit.py`, "L" =
-line there; `configuration_dinov3_vit.py` is "C"):
+The contract: what is mapped, and why it is exact. It is stated in terms of `DINOv3ViTConfig` fields and
+`DINOv3ViTModel` parameter names, which are what the transformers releases `setup.py` allows share; the
+tests in `tests/interop/test_hf.py` load the export with the installed transformers (`strict`, no missing or
+unexpected key) and compare its outputs with ours, so a release that changes any of this fails there.
 
-- Tokens: both order them [CLS, storage/register tokens, patches] (L88-90); our `n_storage_tokens` is their
-  `num_register_tokens`. Their `register_tokens` parameter exists even with 0 registers (shape [1, 0, D], L70);
-  we write that empty tensor. Their `mask_token` is [1, 1, D], ours [1, D].
-- Final norm: both normalise every token with the last norm (L545); `pooler_output` is the normed CLS token,
-  `last_hidden_state[:, 0]` (L546), i.e. our `x_norm_clstoken`; our `x_norm_patchtokens` is
+- Tokens: both order them [CLS, storage/register tokens, patches]; our `n_storage_tokens` is their
+  `num_register_tokens`. Their `embeddings.register_tokens` parameter exists even with 0 registers (shape
+  [1, 0, D]); we write that empty tensor. Their `mask_token` is [1, 1, D], ours [1, D].
+- Final norm: both normalise every token with the last norm; `pooler_output` is the normed CLS token,
+  `last_hidden_state[:, 0]`, i.e. our `x_norm_clstoken`; our `x_norm_patchtokens` is
   `last_hidden_state[:, 1 + n_storage_tokens:]`.
-- RoPE: only patch tokens are rotated, prefix tokens are left as they are (L245-275; ours: `SelfAttention.apply_rope`).
-  Coordinates are patch centres in [-1, 1], normalised by H and W separately (L112-120), which is our
-  `pos_embed_rope_normalize_coords="separate"`; "min"/"max" cannot be expressed. Their `inv_freq` is
-  1 / rope_theta ** (4 i / D_head) (L171), the inverse of our `periods` = base ** (4 i / D_head), so
-  `rope_theta = pos_embed_rope_base`; periods given by min/max period cannot be expressed. `inv_freq` is a
-  non-persistent buffer recomputed from the config, so our persistent `rope_embed.periods` is not exported: it is
-  checked against the base on export and recomputed on import. The angles are built in float32 always and only
-  cast to the input dtype at the end (L189, L199-207), so only `pos_embed_rope_dtype="fp32"` maps exactly (bf16/fp16
-  RoPE tables are refused). The same 2*pi*coord*freq angles, `tile(2)` layout and rotate-half are used on both sides.
-  Training-time shift / jitter / rescale map to `pos_embed_shift` / `pos_embed_jitter` / `pos_embed_rescale` (C95-97).
+- RoPE: only patch tokens are rotated, prefix tokens are left as they are (ours: `SelfAttention.apply_rope`).
+  Coordinates are patch centres in [-1, 1], normalised by H and W separately, which is our
+  `pos_embed_rope_normalize_coords="separate"`; "min"/"max" cannot be expressed. Their inverse frequencies are
+  1 / rope_theta ** (4 i / D_head), the inverse of our `periods` = base ** (4 i / D_head), so
+  `rope_theta = pos_embed_rope_base`; periods given by min/max period cannot be expressed. Their frequencies are
+  a non-persistent buffer recomputed from the config, so our persistent `rope_embed.periods` is not exported: it
+  is checked against the base on export and recomputed on import. They build the angles in float32 and cast
+  to the input dtype at the end, so only `pos_embed_rope_dtype="fp32"` maps exactly (bf16/fp16 RoPE tables are
+  refused). The same 2*pi*coord*freq angles, `tile(2)` layout and rotate-half are used on both sides.
+  Training-time shift / jitter / rescale map to the config's `pos_embed_shift` / `pos_embed_jitter` /
+  `pos_embed_rescale`.
 - Attention: our fused `qkv` ([3D, D], rows q | k | v, heads contiguous within each) is split into
-  `q_proj`/`k_proj`/`v_proj` (L295-298); `proj` is `o_proj`. The biases are per projection (`query_bias`, `key_bias`,
-  `value_bias`, C86-88): the official K-bias mask (`mask_k_bias`, buffer `attn.qkv.bias_mask`) maps to
-  `key_bias=False`; the K third of our raw `qkv.bias` is never used then, so it is dropped (and comes back as zeros).
-  A `bias_mask` other than (1, 0, 1) thirds would change the numbers and is refused.
-- LayerScale: transformers always has `layer_scale{1,2}.lambda1` (L344-350, L415, L424); a backbone without
-  LayerScale (`layerscale_init=None`) is exported with lambda1 = ones, which is exact (x * 1.0 == x).
-- Norms: only `nn.LayerNorm` with `layer_norm_eps` (L413, L418, L520): our "layernorm" (eps 1e-6) and
+  `q_proj`/`k_proj`/`v_proj`; `proj` is `o_proj`. The biases are per projection (config `query_bias`,
+  `key_bias`, `value_bias`): the official K-bias mask (`mask_k_bias`, buffer `attn.qkv.bias_mask`) maps to
+  `key_bias=False`; the K third of our raw `qkv.bias` is never used then, so it is dropped (and comes back as
+  zeros). A `bias_mask` other than (1, 0, 1) thirds would change the numbers and is refused.
+- LayerScale: transformers always has `layer_scale{1,2}.lambda1`; a backbone without LayerScale
+  (`layerscale_init=None`) is exported with lambda1 = ones, which is exact (x * 1.0 == x).
+- Norms: only `nn.LayerNorm` with the config's `layer_norm_eps`: our "layernorm" (eps 1e-6) and
   "layernormbf16" (eps 1e-5) map, "rmsnorm" cannot be expressed.
-- FFN: "mlp" is `up_proj` (fc1) -> GELU (exact, `hidden_act="gelu"`) -> `down_proj` (fc2) (L353-364); "swiglu*" is
-  `use_gated_mlp=True`, `hidden_act="silu"`: `down(silu(gate(x)) * up(x))` (L367-380) with our w1 = gate, w2 = up,
+- FFN: "mlp" is `up_proj` (fc1) -> GELU (exact, `hidden_act="gelu"`) -> `down_proj` (fc2); "swiglu*" is
+  `use_gated_mlp=True`, `hidden_act="silu"`: `down(silu(gate(x)) * up(x))` with our w1 = gate, w2 = up,
   w3 = down. `intermediate_size` is the actual hidden width (SwiGLU's 2/3 and alignment already applied).
 
 Our full `arch` is also stored in `config.json` under `dinov3_us_arch` (transformers keeps unknown keys) so that the
