@@ -258,9 +258,10 @@ class Trainer:
             if invalid_reason(self.run_dir.ckpt / str(best["iteration"])) is None:
                 self.checkpointer.mark_best(best["iteration"], best)
 
-    def export_teacher(self, iteration: int) -> Path | None:
-        """Write the consolidated teacher backbone to `OUT/eval/training_<iteration>/` (collective)."""
-        state = full_state_dict(self.model.teacher.backbone)
+    def export_teacher(self, iteration: int, state: dict | None = None) -> Path | None:
+        """Write the consolidated teacher backbone to `OUT/eval/training_<iteration>/` (collective unless the
+        consolidated `state` is given)."""
+        state = full_state_dict(self.model.teacher.backbone) if state is None else state
         if not self.dist.is_main:
             return None
         arch = vit_kwargs(self.cfg.student, self.cfg.crops.global_crops_size)
@@ -348,12 +349,15 @@ class Trainer:
                 flag.restore()
             metric_logger.close()
         final = self.total_iterations - 1
-        if exit_code == 0 and start <= final and last_exported != final:
-            self.export_teacher(final)
+        teacher = None  # the final teacher, consolidated (rank 0) once for its export and OUT/teacher.pth
+        if exit_code == 0 and start <= final:
+            teacher = full_state_dict(self.model.teacher.backbone)
+            if last_exported != final:
+                self.export_teacher(final, teacher)
         if dist.is_initialized():
             dist.barrier()
         if exit_code == 0:
-            self.write_teacher()
+            self.write_teacher(None if teacher is None else (final, teacher))
         if self.monitor is not None and self.monitor.seconds_total:
             wall = time.perf_counter() - t_start
             spent = self.monitor.seconds_total
@@ -364,19 +368,20 @@ class Trainer:
             self.write_report()
         return exit_code
 
-    def write_teacher(self) -> Path | None:
+    def write_teacher(self, final: tuple[int, dict] | None = None) -> Path | None:
         """The completed run's teacher -> `OUT/teacher.pth` + `teacher.json` (collective; rank 0 converts).
 
         The checkpoint is the committed one `evaluation.teacher_checkpoint` picks (auto: the best on the
-        downstream monitor where it marked one, else the final), converted as `tools/convert_checkpoint.py`
-        does (`dinov3_us.weights.checkpoint.write_run_teacher`: atomic, not rewritten when it already holds
-        that checkpoint, e.g. after resuming a completed run). Raises `CheckpointError` on every rank when
+        downstream monitor where it marked one, else the final), written as `tools/convert_checkpoint.py`
+        writes it (`dinov3_us.weights.checkpoint.write_run_teacher`: atomic, not rewritten when it already holds
+        that checkpoint, e.g. after resuming a completed run); the final one from `final` (iteration, the
+        consolidated teacher) rather than read back from its shards. Raises `CheckpointError` on every rank when
         there is no such checkpoint (`best` without a best).
         """
         out, error = None, None
         if self.dist.is_main:
             try:
-                out = write_run_teacher(self.run_dir, self.cfg.evaluation.teacher_checkpoint)
+                out = write_run_teacher(self.run_dir, self.cfg.evaluation.teacher_checkpoint, final)
             except DinoUSError as err:
                 error = str(err)
         error = next((e for e in all_gather_object(error) if e), None)

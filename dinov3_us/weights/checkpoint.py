@@ -47,9 +47,13 @@ def checkpoint_of(path: str | os.PathLike, select: str = "auto") -> Path:
     return found.checkpoint
 
 
-def write_run_teacher(run: RunDir, select: str = "auto") -> Path:
+def write_run_teacher(run: RunDir, select: str = "auto", final: tuple[int, dict] | None = None) -> Path:
     """`run`'s teacher, from the checkpoint `select` picks, -> `OUT/teacher.pth` + `teacher.json` (atomic, as
     `convert_checkpoint` writes it); nothing is rewritten when teacher.pth already holds that checkpoint.
+
+    `final`: (iteration, teacher backbone state dict) that the trainer holds in memory for the checkpoint it
+    has just committed; when that is the chosen checkpoint, it is written from there (the same tensors, keys
+    checked the same way, the same sidecar) instead of being read back from the checkpoint's shards.
 
     Raises `CheckpointError` when the run has no checkpoint of that kind (`select="best"` without a best).
     """
@@ -61,7 +65,13 @@ def write_run_teacher(run: RunDir, select: str = "auto") -> Path:
     if teacher_iteration(run.teacher) == int(ckpt.name):
         logger.info("%s already holds checkpoint %s", run.teacher, ckpt)
         return run.teacher
-    return convert_checkpoint(ckpt, run.teacher)
+    if final is None or final[0] != int(ckpt.name):
+        return convert_checkpoint(ckpt, run.teacher)
+    state = dict(sorted(final[1].items()))  # the order iter_tensors reads them in: the same bytes
+    state, arch, meta = checked_backbone(state, ckpt, load_config(run_config_of(ckpt)), "teacher")
+    out, _ = export_backbone(state, arch, run.teacher, "official", meta=meta)
+    logger.info("wrote the teacher of checkpoint %s from memory -> %s", ckpt, out)
+    return out
 
 
 def run_config_of(ckpt: Path):
@@ -84,10 +94,16 @@ def read_checkpoint_backbone(ckpt: str | os.PathLike, *, which: str = "teacher",
     if which not in PARTS:
         raise CheckpointError(f"which={which!r}: expected one of {sorted(PARTS)}")
     cfg = load_config(config_file or run_config_of(ckpt))
-    arch = vit_kwargs(cfg.student, cfg.crops.global_crops_size)
     state = dict(iter_tensors(ckpt, MODEL_PREFIX + PARTS[which]))
     if not state:
         raise CheckpointError(f"{ckpt} holds no {which} backbone tensors (prefix {MODEL_PREFIX + PARTS[which]!r})")
+    return checked_backbone(state, ckpt, cfg, which)
+
+
+def checked_backbone(state: dict, ckpt: Path, cfg, which: str) -> tuple[dict, dict, dict]:
+    """(state, architecture kwargs, card metadata) of checkpoint `ckpt`'s `which` backbone `state`, its keys and
+    shapes checked against the architecture `cfg` trains (any mismatch: `CheckpointError`)."""
+    arch = vit_kwargs(cfg.student, cfg.crops.global_crops_size)
     with torch.device("meta"):
         reference = DinoVisionTransformer(**arch)
     check_state_dict(state, reference, f"{which} backbone of {ckpt}")

@@ -32,7 +32,14 @@ def launch(out: Path, shards: Path, *extra: str) -> subprocess.Popen:
     """`submit_pretrain.py --cluster local` with a long tiny pretraining, in a process group of its own."""
     args = tiny_args(shards, out, "--cluster", "local", "optim.epochs=100", "train.log_period=1", *extra)
     return subprocess.Popen([sys.executable, str(REPO / "launchers/submit_pretrain.py"), *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT at its default in the launcher, as in a terminal: a suite started in the background by a shell
+    without job control (`make test &`, nohup) inherits SIGINT ignored, and Python keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = 300):

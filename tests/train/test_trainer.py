@@ -52,8 +52,11 @@ def test_run_writes_every_output_and_resumes(tmp_path, phantom_shards):
     load_backbone_weights(backbone, out / "eval/training_11/teacher_checkpoint.pth")  # strict
     assert backbone.in_chans == 1 and meta["iteration"] == 11
 
-    # the completed run's teacher.pth is what tools/convert_checkpoint.py gives for its final checkpoint
+    # the completed run's teacher.pth (written from the trainer's memory) is, byte for byte, what
+    # tools/convert_checkpoint.py reads back from its final checkpoint
+    assert "wrote the teacher of checkpoint" in (out / "log.txt").read_text()
     converted = convert_checkpoint(out / "ckpt" / "11", tmp_path / "converted.pth")
+    assert (out / "teacher.pth").read_bytes() == converted.read_bytes()
     written, expected = (torch.load(p, weights_only=True) for p in (out / "teacher.pth", converted))
     assert list(written) == list(expected) and all(torch.equal(written[k], expected[k]) for k in expected)
     sidecar = json.loads((out / "teacher.json").read_text())
