@@ -29,6 +29,13 @@ from dinov3_us.models.vision_transformer import FFN_LAYERS, NORM_LAYERS
 MONITOR_PROBES = ("knn", "linear")
 TEACHER_CHECKPOINTS = ("auto", "best", "latest")  # `dinov3_us.weights.resolve.select_checkpoint`
 
+
+def _schedule(name: str, start: Range, peak: Range, end: Range) -> dict[str, Key]:
+    """The keys of one `schedules.<name>` (the v2 schedules): its values' ranges, and its epochs."""
+    return {f"schedules.{name}.start": Key(range=start), f"schedules.{name}.peak": Key(range=peak),
+            f"schedules.{name}.end": Key(range=end), f"schedules.{name}.warmup_epochs": Key(range=NON_NEGATIVE),
+            f"schedules.{name}.cosine_epochs": Key(int | None, range=NON_NEGATIVE)}
+
 KEYS: dict[str, Key] = {
     "compute_precision.param_dtype": Key(choices=DTYPES),
     "compute_precision.reduce_dtype": Key(choices=("bf16", "fp32")),
@@ -103,27 +110,11 @@ KEYS: dict[str, Key] = {
     "optim.layerwise_decay": Key(range=UNIT_OPEN_LOW),  # lr x decay ** depth: 0 freezes all but the last block
     "optim.adamw_beta1": Key(range=UNIT_OPEN_HIGH),  # torch.optim.AdamW rejects beta >= 1
     "optim.adamw_beta2": Key(range=UNIT_OPEN_HIGH),
-    "schedules.lr.start": Key(range=NON_NEGATIVE),
-    "schedules.lr.peak": Key(range=POSITIVE),
-    "schedules.lr.end": Key(range=NON_NEGATIVE),
-    "schedules.lr.warmup_epochs": Key(range=NON_NEGATIVE),
+    **_schedule("lr", NON_NEGATIVE, POSITIVE, NON_NEGATIVE),
     "schedules.lr.freeze_last_layer_epochs": Key(range=NON_NEGATIVE),
-    "schedules.lr.cosine_epochs": Key(int | None, range=NON_NEGATIVE),
-    "schedules.weight_decay.start": Key(range=NON_NEGATIVE),
-    "schedules.weight_decay.peak": Key(range=NON_NEGATIVE),
-    "schedules.weight_decay.end": Key(range=NON_NEGATIVE),
-    "schedules.weight_decay.warmup_epochs": Key(range=NON_NEGATIVE),
-    "schedules.weight_decay.cosine_epochs": Key(int | None, range=NON_NEGATIVE),
-    "schedules.momentum.start": Key(range=UNIT),
-    "schedules.momentum.peak": Key(range=UNIT),
-    "schedules.momentum.end": Key(range=UNIT),
-    "schedules.momentum.warmup_epochs": Key(range=NON_NEGATIVE),
-    "schedules.momentum.cosine_epochs": Key(int | None, range=NON_NEGATIVE),
-    "schedules.teacher_temp.start": Key(range=POSITIVE),
-    "schedules.teacher_temp.peak": Key(range=POSITIVE),
-    "schedules.teacher_temp.end": Key(range=POSITIVE),
-    "schedules.teacher_temp.warmup_epochs": Key(range=NON_NEGATIVE),
-    "schedules.teacher_temp.cosine_epochs": Key(int | None, range=NON_NEGATIVE),
+    **_schedule("weight_decay", NON_NEGATIVE, NON_NEGATIVE, NON_NEGATIVE),
+    **_schedule("momentum", UNIT, UNIT, UNIT),
+    **_schedule("teacher_temp", POSITIVE, POSITIVE, POSITIVE),
     "crops.global_crops_scale": Key(range=UNIT_OPEN_LOW, order="<="),
     "crops.local_crops_number": Key(range=AT_LEAST_ONE),  # the DINO local loss needs local crops
     "crops.local_crops_scale": Key(range=UNIT_OPEN_LOW, order="<="),
