@@ -58,10 +58,11 @@ demo-real: install
 		optim.epochs=$$(($(DEMO_REAL_ITERATIONS) / 100))
 
 # The SLURM tests (tests/launchers, marked slurm) run on a local two-node cluster that this starts and,
-# through a trap, always stops (launchers/with_local_slurm.sh); without it they skip, saying why.
+# through a trap, always stops (launchers/with_local_slurm.sh); without it they skip, saying why. The 25 slowest
+# tests are listed at the end: the suite's budget is 20 minutes on 2 cores.
 test: install
 	$(PY) -m ruff check .
-	bash launchers/with_local_slurm.sh $(PY) -m pytest -q tests
+	bash launchers/with_local_slurm.sh $(PY) -m pytest -q --durations=25 tests
 
 # make test-fast: the unit tests only, for the edit-test loop (budget: two minutes on 2 cores). It leaves out what is
 # marked slow (over 5 s: subprocess and multi-process trainings, real data, torch.compile, the bench scripts) or
