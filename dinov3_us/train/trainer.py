@@ -1,18 +1,18 @@
 """The pretraining loop: build -> shard -> resume -> step, log, checkpoint, export -> teacher.pth -> close.
 
 `pretrain(cfg, run_dir)` is the stage's entry point (`tools/train.py` and the launchers' pretraining
-job call it). Order of construction in `Trainer`: the resolved config is written, then the model
-(identical init on every rank from `train.seed`) and its initial weights, FSDP2 sharding, the
-optimizer (after sharding), schedules, the data loader, then the checkpoint manager and the
-watches; the process group exists before (`pretrain` starts it). `run()` resumes from the latest
+job call it, through `dinov3_us.launch.cli_train.train`). Order of construction in `Trainer`: the resolved
+config is written, then the model (identical init on every rank from `train.seed`) and its initial
+weights, FSDP2 sharding, the optimizer (after sharding), schedules, the data loader, then the checkpoint
+manager and the watches; the process group exists before (`pretrain` starts it). `run()` resumes from the latest
 complete checkpoint by itself and, on SIGUSR1/SIGUSR2/SIGTERM, checkpoints and returns
 `REQUEUE_EXIT_CODE`. A run that completes writes `OUT/teacher.pth` (+ `teacher.json`) from the checkpoint
 `evaluation.teacher_checkpoint` picks (`Trainer.write_teacher`); a preempted or failed one does not.
 
 The stages after training are passed in, not imported (a later stage imports an earlier one, never the
 reverse: `dinov3_us/__init__.py`): `pretrain(..., monitor=, report=)` takes the downstream monitor's
-factory and the run report's writer, which the entry points build from `dinov3_us.eval`
-(`tools/train.py`: `DownstreamMonitor.build` and `write_run_report`); None leaves them off.
+factory and the run report's writer, which the entry points take from `dinov3_us.eval`
+(`dinov3_us.launch.cli_train.train`: `DownstreamMonitor.build` and `write_run_report`); None leaves them off.
 """
 
 from __future__ import annotations
