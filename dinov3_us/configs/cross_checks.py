@@ -120,10 +120,14 @@ def _monitor_select(c):
     return []
 
 
+def monitor_off(dataset) -> bool:
+    """Whether a `monitor.dataset` value switches the downstream monitor off (none, off, false, empty)."""
+    return str(dataset or "none").strip().lower() in ("none", "off", "false", "")
+
+
 def _best_needs_monitor(c):
     """A best checkpoint is the downstream monitor's: refused at load time, not after the training."""
-    monitor_off = str(c["monitor.dataset"] or "none").strip().lower() in ("none", "off", "false", "")
-    if c["evaluation.teacher_checkpoint"] == "best" and monitor_off:
+    if c["evaluation.teacher_checkpoint"] == "best" and monitor_off(c["monitor.dataset"]):
         return ["evaluation.teacher_checkpoint: 'best' needs the downstream monitor (monitor.dataset is none); "
                 "use auto or latest"]
     return []

@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
 from dinov3_us.configs import Config
+from dinov3_us.configs.cross_checks import monitor_off
 from dinov3_us.data.curation.splits import split_groups
 from dinov3_us.data.shards import load_manifest, parse_dir_spec, split_specs
 from dinov3_us.distributed import DistInfo, all_gather_object
@@ -59,9 +60,9 @@ def monitor_dataset(cfg: Config) -> tuple[str | None, str]:
     Raises:
         ConfigError: an explicit `monitor.dataset` that names a test split or is not a shards folder.
     """
-    spec = str(cfg.monitor.dataset or "none").strip()
-    if spec.lower() in ("none", "off", "false", ""):
+    if monitor_off(cfg.monitor.dataset):
         return None, "downstream monitor: off (monitor.dataset=none)"
+    spec = str(cfg.monitor.dataset).strip()
     if spec != "auto":
         parsed = parse_dir_spec(spec)
         if parsed is None or not parsed[1]:

@@ -205,3 +205,11 @@ def test_a_key_added_since_the_run_started_is_no_difference_at_its_default():
     assert config_differences(old, changed) == ["evaluation.teacher_checkpoint: '<absent>' -> 'latest'"]
     old["optim"]["lr"] = 1.0  # a real change stays one
     assert config_differences(old, new) == [f"optim.lr: 1.0 -> {new['optim']['lr']!r}"]
+
+
+@pytest.mark.parametrize("dataset", ["none", "NONE"])  # "off" would be YAML false: a type error
+def test_best_teacher_checkpoint_without_the_monitor_is_refused_at_load_time(dataset):
+    with pytest.raises(ConfigError, match="evaluation.teacher_checkpoint: 'best' needs the downstream monitor"):
+        load_config(None, ["evaluation.teacher_checkpoint=best", f"monitor.dataset={dataset}"])
+    load_config(None, ["evaluation.teacher_checkpoint=best", "monitor.dataset=auto"])  # the monitor is on
+    load_config(None, ["evaluation.teacher_checkpoint=auto", f"monitor.dataset={dataset}"])
