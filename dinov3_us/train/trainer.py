@@ -6,8 +6,9 @@ config is written, then the model (identical init on every rank from `train.seed
 weights, FSDP2 sharding, the optimizer (after sharding), schedules, the data loader, then the checkpoint
 manager and the watches; the process group exists before (`pretrain` starts it). `run()` resumes from the latest
 complete checkpoint by itself and, on SIGUSR1/SIGUSR2/SIGTERM, checkpoints and returns
-`REQUEUE_EXIT_CODE`. A run that completes writes `OUT/teacher.pth` (+ `teacher.json`) from the checkpoint
-`evaluation.teacher_checkpoint` picks (`Trainer.write_teacher`); a preempted or failed one does not.
+`REQUEUE_EXIT_CODE`. `OUT/teacher.pth` (+ `teacher.json`) is written from memory when the checkpoint
+`evaluation.teacher_checkpoint` picks is committed: at each new best of the downstream monitor (auto, best), or
+at the last iteration (latest, or no monitor); a completed run checks it at its end (`Trainer.write_teacher`).
 
 The stages after training are passed in, not imported (a later stage imports an earlier one, never the
 reverse: `dinov3_us/__init__.py`): `pretrain(..., monitor=, report=)` takes the downstream monitor's
@@ -58,8 +59,7 @@ from dinov3_us.train.signals import REQUEUE_EXIT_CODE, PreemptionFlag
 from dinov3_us.train.ssl_meta_arch import SSLMetaArch
 from dinov3_us.train.step import train_step
 from dinov3_us.train.teacher_temp import TeacherTempController
-from dinov3_us.weights.checkpoint import write_run_teacher
-from dinov3_us.weights.formats import save_backbone
+from dinov3_us.weights.checkpoint import write_run_teacher, write_trained_teacher
 from dinov3_us.weights.load import load_backbone_weights
 
 logger = logging.getLogger("dinov3_us")
@@ -166,6 +166,7 @@ class Trainer:
             write_config(cfg, self.run_dir.root)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.model = SSLMetaArch(cfg)
+        self.arch = vit_kwargs(cfg.student, cfg.crops.global_crops_size)  # the backbones' DinoVisionTransformer kwargs
         self.model.init_weights()
         if cfg.student.pretrained_weights:
             self._load_pretrained(cfg.student.pretrained_weights)
@@ -258,15 +259,16 @@ class Trainer:
             if invalid_reason(self.run_dir.ckpt / str(best["iteration"])) is None:
                 self.checkpointer.mark_best(best["iteration"], best)
 
-    def export_teacher(self, iteration: int, state: dict | None = None) -> Path | None:
-        """Write the consolidated teacher backbone to `OUT/eval/training_<iteration>/` (collective unless the
-        consolidated `state` is given)."""
-        state = full_state_dict(self.model.teacher.backbone) if state is None else state
-        if not self.dist.is_main:
-            return None
-        arch = vit_kwargs(self.cfg.student, self.cfg.crops.global_crops_size)
-        return save_backbone(state, self.run_dir.export(iteration), arch, iteration=iteration,
-                             source=str(self.run_dir.root))
+    def write_teacher_files(self, iteration: int, *, teacher: bool, export: bool) -> None:
+        """After committing checkpoint `iteration` (collective: the teacher is consolidated on rank 0 once):
+        `OUT/teacher.pth` when this is the checkpoint `evaluation.teacher_checkpoint` picks (`teacher`), the
+        periodic export `OUT/eval/training_<iteration>/` (`export`); one file, two names where both
+        (`dinov3_us.weights.checkpoint.write_trained_teacher`)."""
+        state = full_state_dict(self.model.teacher.backbone)
+        if self.dist.is_main:
+            best = self.monitor.best if self.monitor is not None else None
+            write_trained_teacher(self.run_dir, self.cfg, self.arch, iteration, state,
+                                  best=best, teacher=teacher, export=export)
 
     def run(self, flag: PreemptionFlag | None = None) -> int:
         """Train until the end of the schedule; returns 0, or `REQUEUE_EXIT_CODE` after a preemption signal.
@@ -281,7 +283,9 @@ class Trainer:
         metric_logger = MetricLogger(self.run_dir.root, self.total_iterations, start, enabled=self.dist.is_main)
         eval_period, log_period = cfg.evaluation.eval_period_iterations, cfg.train.log_period
         global_batch = cfg.train.batch_size_per_gpu * self.dist.world_size
-        bad_steps, last_saved, last_exported, exit_code = 0, start - 1, None, 0
+        bad_steps, last_saved, exit_code = 0, start - 1, 0
+        # teacher.pth follows the monitor's best (auto, best) or is the last iteration's teacher
+        follows_best = self.monitor is not None and cfg.evaluation.teacher_checkpoint != "latest"
         batches = self.loader.infinite()
         t_last, it = time.perf_counter(), start - 1
         t_start = t_last
@@ -335,9 +339,11 @@ class Trainer:
                     last_saved = it
                 if new_best:
                     self.checkpointer.mark_best(it, self.monitor.best)
-                if eval_period > 0 and (it + 1) % eval_period == 0:
-                    self.export_teacher(it)
-                    last_exported = it
+                last = it + 1 == self.total_iterations
+                export = last or (eval_period > 0 and (it + 1) % eval_period == 0)
+                teacher = new_best if follows_best else last  # the checkpoint teacher.pth holds, just committed
+                if export or teacher:
+                    self.write_teacher_files(it, teacher=teacher, export=export)
                 if all_reduce_max(float(flag.requested)) > 0:
                     if last_saved != it:
                         self.save(it)
@@ -348,16 +354,10 @@ class Trainer:
             if own_flag:
                 flag.restore()
             metric_logger.close()
-        final = self.total_iterations - 1
-        teacher = None  # the final teacher, consolidated (rank 0) once for its export and OUT/teacher.pth
-        if exit_code == 0 and start <= final:
-            teacher = full_state_dict(self.model.teacher.backbone)
-            if last_exported != final:
-                self.export_teacher(final, teacher)
         if dist.is_initialized():
             dist.barrier()
         if exit_code == 0:
-            self.write_teacher(None if teacher is None else (final, teacher))
+            self.write_teacher()
         if self.monitor is not None and self.monitor.seconds_total:
             wall = time.perf_counter() - t_start
             spent = self.monitor.seconds_total
@@ -368,20 +368,19 @@ class Trainer:
             self.write_report()
         return exit_code
 
-    def write_teacher(self, final: tuple[int, dict] | None = None) -> Path | None:
-        """The completed run's teacher -> `OUT/teacher.pth` + `teacher.json` (collective; rank 0 converts).
+    def write_teacher(self) -> Path | None:
+        """A completed run's check that `OUT/teacher.pth` holds the checkpoint `evaluation.teacher_checkpoint`
+        picks (auto: the best on the downstream monitor where it marked one, else the final); collective.
 
-        The checkpoint is the committed one `evaluation.teacher_checkpoint` picks (auto: the best on the
-        downstream monitor where it marked one, else the final), written as `tools/convert_checkpoint.py`
-        writes it (`dinov3_us.weights.checkpoint.write_run_teacher`: atomic, not rewritten when it already holds
-        that checkpoint, e.g. after resuming a completed run); the final one from `final` (iteration, the
-        consolidated teacher) rather than read back from its shards. Raises `CheckpointError` on every rank when
-        there is no such checkpoint (`best` without a best).
+        The loop wrote it from memory when it committed that checkpoint (`write_teacher_files`); where it did not
+        (a crash between the two, a run folder of an older version), rank 0 reads it back from the checkpoint
+        (`dinov3_us.weights.checkpoint.write_run_teacher`: the same bytes). Raises `CheckpointError` on every rank
+        when there is no such checkpoint (`best` without a best).
         """
         out, error = None, None
         if self.dist.is_main:
             try:
-                out = write_run_teacher(self.run_dir, self.cfg.evaluation.teacher_checkpoint, final)
+                out = write_run_teacher(self.run_dir, self.cfg.evaluation.teacher_checkpoint)
             except DinoUSError as err:
                 error = str(err)
         error = next((e for e in all_gather_object(error) if e), None)

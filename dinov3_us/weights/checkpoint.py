@@ -5,8 +5,10 @@ checkpoint alone (DCP without a process group), so peak memory is about the back
 checkpoint's (which also holds the student, the heads and the optimizer state). The keys are checked
 against a `DinoVisionTransformer` built from the run's `config.yaml`: any mismatch is an error. A run
 folder stands for the checkpoint `dinov3_us.weights.resolve.select_checkpoint` picks (auto: the best on its
-downstream monitor where one is marked, else the newest complete one). `write_run_teacher` is what the
-trainer calls at the end of a completed run: the chosen checkpoint -> `OUT/teacher.pth` + `teacher.json`.
+downstream monitor where one is marked, else the newest complete one). The trainer writes its teacher files
+from memory (`write_trained_teacher`: `OUT/teacher.pth` when it commits the checkpoint
+`evaluation.teacher_checkpoint` picks, the periodic exports) and checks at the end of a completed run that
+teacher.pth holds the chosen one (`write_run_teacher`, which reads it back from the shards where it does not).
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ import torch
 from dinov3_us.checkpointer.export import iter_tensors
 from dinov3_us.configs import load_config
 from dinov3_us.errors import CheckpointError
-from dinov3_us.fileio import ensure_writable_dir
+from dinov3_us.fileio import ensure_writable_dir, link_atomic
 from dinov3_us.models import vit_kwargs
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
 from dinov3_us.run_dir import RunDir
 from dinov3_us.weights.files import write_weights_file
-from dinov3_us.weights.formats import HEAD_PREFIXES, export_backbone
+from dinov3_us.weights.formats import HEAD_PREFIXES, export_backbone, save_backbone
 from dinov3_us.weights.load import check_state_dict
 from dinov3_us.weights.resolve import resolve_weights, select_checkpoint
-from dinov3_us.weights.sidecar import teacher_iteration
+from dinov3_us.weights.sidecar import sidecar_path, teacher_iteration, write_sidecar
 
 logger = logging.getLogger("dinov3_us")
 
@@ -47,13 +49,40 @@ def checkpoint_of(path: str | os.PathLike, select: str = "auto") -> Path:
     return found.checkpoint
 
 
-def write_run_teacher(run: RunDir, select: str = "auto", final: tuple[int, dict] | None = None) -> Path:
-    """`run`'s teacher, from the checkpoint `select` picks, -> `OUT/teacher.pth` + `teacher.json` (atomic, as
-    `convert_checkpoint` writes it); nothing is rewritten when teacher.pth already holds that checkpoint.
+def write_trained_teacher(run: RunDir, cfg, arch: dict, iteration: int, state: dict, *, best: dict | None = None,
+                          teacher: bool = True, export: bool = False) -> None:
+    """The teacher the trainer holds after `iteration` -> its files, written once, from memory.
 
-    `final`: (iteration, teacher backbone state dict) that the trainer holds in memory for the checkpoint it
-    has just committed; when that is the chosen checkpoint, it is written from there (the same tensors, keys
-    checked the same way, the same sidecar) instead of being read back from the checkpoint's shards.
+    `state`: the consolidated teacher backbone of the model the trainer built from `cfg` (`arch`: its
+    `DinoVisionTransformer` kwargs); `best`: the downstream monitor's best record (None: no monitor, or none yet).
+    `teacher`: `OUT/teacher.pth` + `teacher.json` for the checkpoint `OUT/ckpt/<iteration>` the trainer has just
+    committed, byte for byte what `convert_checkpoint` reads back from that checkpoint (the same tensors in the
+    same order, the same sidecar). `export`: the periodic export `OUT/eval/training_<iteration>/teacher_checkpoint.pth`
+    + `.json`; with `teacher` too it is a hard link of teacher.pth (`dinov3_us.fileio.link_atomic`), not a copy.
+    """
+    state = dict(sorted(state.items()))  # the order iter_tensors reads a checkpoint's tensors in: the same bytes
+    if teacher:
+        ckpt = run.ckpt / str(iteration)
+        meta = card_meta(RunDir(run.root.resolve()), cfg, iteration, str(ckpt), "teacher", best)  # as converted
+        export_backbone(state, arch, run.teacher, "official", meta=meta)
+        logger.info("wrote the teacher of checkpoint %s from memory -> %s (%s)", ckpt, run.teacher,
+                    meta.get("selected", f"iteration {iteration}"))
+    if export:
+        info = {"iteration": iteration, "source": str(run.root)}
+        if teacher:
+            sidecar_path(run.export(iteration)).unlink(missing_ok=True)  # as save_backbone does
+            write_sidecar(link_atomic(run.teacher, run.export(iteration)), arch, **info)
+        else:
+            save_backbone(state, run.export(iteration), arch, **info)
+
+
+def write_run_teacher(run: RunDir, select: str = "auto") -> Path:
+    """`run`'s teacher, from the checkpoint `select` picks, -> `OUT/teacher.pth` + `teacher.json` (atomic, as
+    `convert_checkpoint` writes it), unless teacher.pth already holds that checkpoint.
+
+    What a completed run checks at its end: the trainer wrote teacher.pth from memory when it committed the
+    chosen checkpoint (`write_trained_teacher`); this reads it back from the checkpoint's shards only where that
+    write did not happen (a crash between the two, or a run folder of an older version).
 
     Raises `CheckpointError` when the run has no checkpoint of that kind (`select="best"` without a best).
     """
@@ -65,13 +94,7 @@ def write_run_teacher(run: RunDir, select: str = "auto", final: tuple[int, dict]
     if teacher_iteration(run.teacher) == int(ckpt.name):
         logger.info("%s already holds checkpoint %s", run.teacher, ckpt)
         return run.teacher
-    if final is None or final[0] != int(ckpt.name):
-        return convert_checkpoint(ckpt, run.teacher)
-    state = dict(sorted(final[1].items()))  # the order iter_tensors reads them in: the same bytes
-    state, arch, meta = checked_backbone(state, ckpt, load_config(run_config_of(ckpt)), "teacher")
-    out, _ = export_backbone(state, arch, run.teacher, "official", meta=meta)
-    logger.info("wrote the teacher of checkpoint %s from memory -> %s", ckpt, out)
-    return out
+    return convert_checkpoint(ckpt, run.teacher)
 
 
 def run_config_of(ckpt: Path):
@@ -108,11 +131,16 @@ def checked_backbone(state: dict, ckpt: Path, cfg, which: str) -> tuple[dict, di
         reference = DinoVisionTransformer(**arch)
     check_state_dict(state, reference, f"{which} backbone of {ckpt}")
     iteration = int(ckpt.name) if ckpt.name.isdigit() else None
-    return state, arch, card_meta(RunDir.of_checkpoint(ckpt.resolve()), cfg, iteration, str(ckpt), which)
+    run = RunDir.of_checkpoint(ckpt.resolve())
+    best = run.best()
+    return state, arch, card_meta(run, cfg, iteration, str(ckpt), which, None if best is None else best[1])
 
 
-def card_meta(run: RunDir, cfg, iteration: int | None, source: str, which: str) -> dict:
-    """What an export's model card says: run, data pool, recipe, iterations, normalisation, evaluation results."""
+def card_meta(run: RunDir, cfg, iteration: int | None, source: str, which: str, best: dict | None) -> dict:
+    """What an export's model card says: run, data pool, recipe, iterations, normalisation, evaluation results.
+
+    `best`: the run's best record on the downstream monitor (`OUT/ckpt/best.json`: iteration, metric, score,
+    random, split), or None."""
     gray = cfg.student.in_chans == 1
     results = {}
     for path in sorted(run.root.glob("eval/*/results.json")):
@@ -123,10 +151,9 @@ def card_meta(run: RunDir, cfg, iteration: int | None, source: str, which: str) 
         except (OSError, ValueError, AttributeError):
             continue
     total = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
-    best = run.best()
     selected = None
-    if best is not None and iteration is not None and int(best[1]["iteration"]) == iteration:
-        b = best[1]
+    if best is not None and iteration is not None and int(best["iteration"]) == iteration:
+        b = best
         selected = (f"the best checkpoint on the downstream monitor ({b.get('metric')} {b.get('score', 0):.3f}, "
                     f"random init {b.get('random', float('nan')):.3f}, on {b.get('split')})")
     elif iteration is not None and iteration == total - 1:

@@ -73,10 +73,18 @@ def read_weights_file(source: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a copy of it where it is a view of a larger storage."""
+    whole = t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    return t if whole else t.clone()
+
+
 def write_weights_file(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """Write `tensors` (detached, on CPU, contiguous) atomically: `.safetensors` by suffix, else `torch.save`."""
+    """Write `tensors` (detached, on CPU, contiguous, each owning exactly its bytes) atomically: `.safetensors`
+    by suffix, else `torch.save`. The same values give the same bytes whatever storage they were views of (a
+    tensor gathered from uneven FSDP shards lives in a padded buffer, which torch.save would write whole)."""
     path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    tensors = {k: _own_storage(v.detach().cpu().contiguous()) for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file

@@ -94,7 +94,11 @@ def read_state_dict(source: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def save_backbone(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, arch: dict, **info) -> Path:
-    """Write an official-layout backbone (`.pth`, or `.safetensors` if that is the suffix) and its sidecar."""
+    """Write an official-layout backbone (`.pth`, or `.safetensors` if that is the suffix) and its sidecar.
+
+    An old sidecar is removed first: a crash between the two writes leaves weights without a sidecar (which
+    nobody takes for a given iteration), never a sidecar that describes other weights."""
+    sidecar_path(path).unlink(missing_ok=True)
     path = write_weights_file(state_dict, path)
     write_sidecar(path, arch, **info)
     logger.info("wrote %s (%d tensors) and its architecture %s", path, len(state_dict), sidecar_path(path).name)

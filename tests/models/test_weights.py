@@ -6,8 +6,11 @@ import torch
 from dinov3_us.errors import CheckpointError
 from dinov3_us.hub import dinov3_vits16
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
-from dinov3_us.weights.formats import read_state_dict
+from dinov3_us.weights import formats
+from dinov3_us.weights.files import write_weights_file
+from dinov3_us.weights.formats import read_state_dict, save_backbone
 from dinov3_us.weights.load import load_backbone_weights
+from dinov3_us.weights.sidecar import teacher_iteration
 
 KW = dict(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2, n_storage_tokens=4, mask_k_bias=True)
 
@@ -87,3 +90,24 @@ def test_unreadable_files_name_the_file_and_what_it_is_not(tmp_path):
             read_state_dict(path)
         assert str(err.value).startswith(str(path)) and message in str(err.value)
         assert len(str(err.value).splitlines()) == 1
+
+
+def test_the_same_values_give_the_same_file_whatever_storage_they_view(tmp_path):
+    """A tensor gathered from uneven FSDP shards is a view of a padded buffer: written alone, not with the padding."""
+    padded = torch.arange(8, dtype=torch.float32)
+    a = write_weights_file({"w": padded[:5], "b": padded[5:7]}, tmp_path / "a.pth")
+    b = write_weights_file({"w": torch.arange(5.0), "b": torch.tensor([5.0, 6.0])}, tmp_path / "b.pth")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_a_crash_between_weights_and_sidecar_leaves_no_stale_sidecar(tmp_path, monkeypatch):
+    path = save_backbone(DinoVisionTransformer(**KW).state_dict(), tmp_path / "teacher.pth", KW, iteration=4)
+    assert teacher_iteration(path) == 4
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(formats, "write_weights_file", disk_full)
+    with pytest.raises(OSError):
+        save_backbone(DinoVisionTransformer(**KW).state_dict(), path, KW, iteration=9)
+    assert teacher_iteration(path) is None  # the old file, no longer claimed to be iteration 4 or 9

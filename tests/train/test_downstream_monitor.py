@@ -20,6 +20,7 @@ from dinov3_us.checkpointer import invalid_reason
 from dinov3_us.data.shards import iter_samples, load_manifest, parse_dir_spec, resolve_shards, write_shard
 from dinov3_us.eval.data import EvalDataset, EvalTransform
 from dinov3_us.eval.downstream import partition
+from dinov3_us.weights.checkpoint import convert_checkpoint
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -70,17 +71,18 @@ def runs(phantom_patients, tmp_path_factory):
         report = subprocess.run([sys.executable, str(REPO / "launchers/status.py"), str(killed), "--report"],
                                 capture_output=True, text=True, timeout=300)
         midway = (killed / "report.md").read_text() if report.returncode == 0 else ""
+        midway_teacher = json.loads((killed / "teacher.json").read_text())
     finally:
         for pid in [proc.pid, *(p.pid for p in children(proc.pid))]:
             os.kill(pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
         proc.wait()
     resumed = finish(torchrun(killed, phantom_patients))
     assert "Resuming from" in resumed
-    return ref, killed, report, midway
+    return ref, killed, report, midway, midway_teacher
 
 
 def test_the_monitor_scores_every_period_keeps_the_best_and_a_resumed_run_keeps_both(runs):
-    ref, killed, report, midway = runs
+    ref, killed, report, midway, midway_teacher = runs
     history = monitor_lines(ref)
     assert [r["it"] for r in history] == [it for it in range(TOTAL) if (it + 1) % PERIOD == 0]
     for r in history:
@@ -95,6 +97,17 @@ def test_the_monitor_scores_every_period_keeps_the_best_and_a_resumed_run_keeps_
     # killed -9 after checkpoint 11 and resumed: the same history (the lines after 11 were redone) and best
     assert monitor_lines(killed) == history
     assert json.loads((killed / "ckpt" / "best.json").read_text()) == best
+    # teacher.pth follows the best (evaluation.teacher_checkpoint: auto): mid-run it held the best so far, written
+    # from memory when that checkpoint was committed; at the end the best's teacher, byte for byte what
+    # convert_checkpoint reads back from the best checkpoint, and the same after the kill and resume
+    so_far = max((r for r in history if r["it"] <= 11), key=lambda r: (r["monitor_knn"], -r["it"]))
+    assert midway_teacher["iteration"] == so_far["it"], midway_teacher
+    assert midway_teacher["selected"].startswith("the best checkpoint on the downstream monitor")
+    converted = convert_checkpoint(ref / "ckpt" / str(best["iteration"]), ref.parent / "best.pth")
+    assert (ref / "teacher.pth").read_bytes() == converted.read_bytes() == (killed / "teacher.pth").read_bytes()
+    assert json.loads((ref / "teacher.json").read_text())["iteration"] == best["iteration"]
+    assert os.path.samefile(ref / "teacher.pth", ref / "eval" / f"training_{TOTAL - 1}" / "teacher_checkpoint.pth") \
+        == (best["iteration"] == TOTAL - 1)  # the final export is teacher.pth only where the final is the best
     log = (ref / "log.txt").read_text()
     assert "random init of the same architecture" in log and "downstream monitor:" in log
     assert "random-init baseline restored from the checkpoint" in (killed / "log.txt").read_text()

@@ -1,6 +1,7 @@
 """tools/train.py end to end in one process: outputs, export, resume, preemption, non-finite guard, bad config."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -59,6 +60,8 @@ def test_run_writes_every_output_and_resumes(tmp_path, phantom_shards):
     assert (out / "teacher.pth").read_bytes() == converted.read_bytes()
     written, expected = (torch.load(p, weights_only=True) for p in (out / "teacher.pth", converted))
     assert list(written) == list(expected) and all(torch.equal(written[k], expected[k]) for k in expected)
+    # the last iteration's export and teacher.pth: one file, two names (a hard link), each with its sidecar
+    assert os.path.samefile(out / "teacher.pth", out / "eval/training_11/teacher_checkpoint.pth")
     sidecar = json.loads((out / "teacher.json").read_text())
     assert sidecar == json.loads((tmp_path / "converted.json").read_text())
     assert sidecar["iteration"] == 11 and sidecar["source"] == str(out / "ckpt" / "11")
@@ -88,7 +91,8 @@ def test_preemption_signal_checkpoints_and_exits_for_requeue(tmp_path, phantom_s
     saved = sorted(int(p.name) for p in (out / "ckpt").iterdir() if p.name.isdigit())
     assert len(saved) == 1 and saved[0] < 1000  # the interrupted iteration, not a periodic one
     assert "received SIGUSR1" in stdout
-    assert not (out / "teacher.pth").exists() and not (out / "teacher.json").exists()  # only a completed run
+    # no monitor: teacher.pth is the last iteration's teacher, which a preempted run has not reached
+    assert not (out / "teacher.pth").exists() and not (out / "teacher.json").exists()
 
 
 def test_non_finite_losses_stop_with_a_clear_error(tmp_path, phantom_shards):
