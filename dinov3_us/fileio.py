@@ -109,21 +109,12 @@ def link_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Make `path` a second name of the file `source` (a hard link: the same bytes, stored once), replacing
     `path` atomically; a durable copy where the file system has no hard links. A later atomic rewrite of
     either name (a new inode) leaves the other as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         try:
             os.link(source, tmp)
         except OSError:  # no hard links here (some network and FUSE file systems), or another device
             shutil.copyfile(source, tmp)
-            fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-    return path
+    return Path(path)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
