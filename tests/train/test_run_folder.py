@@ -47,18 +47,20 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def test_a_second_training_into_a_busy_folder_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, phantom_shards):
     out = tmp_path / "run"
-    first = subprocess.Popen(cmd(out, phantom_shards, "optim.epochs=50"), stdout=subprocess.DEVNULL,
+    first = subprocess.Popen(cmd(out, phantom_shards, "optim.epochs=10"), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
         wait_for(out / "training_metrics.jsonl", first)
-        second = train(out, phantom_shards, "optim.epochs=50")
+        first.send_signal(signal.SIGSTOP)  # it holds the lock, mid-run, however long the second takes to start
+        assert first.poll() is None, "the first training ended before the second started"
+        second = train(out, phantom_shards, "optim.epochs=10")
         line = one_error_line(second)
         assert f"{out} is in use by another training (pid {first.pid} on" in line
     finally:
-        first.kill()  # kill -9: the kernel drops the lock with the process
+        first.kill()  # kill -9 (a stopped process too): the kernel drops the lock with the process
         first.wait()
     lines = len((out / "training_metrics.jsonl").read_text().splitlines())
-    again = train(out, phantom_shards, "optim.epochs=50", "train.OFFICIAL_EPOCH_LENGTH=4")
+    again = train(out, phantom_shards, "optim.epochs=10")
     assert again.returncode == 0, again.stderr[-2000:]
     iterations = [json.loads(x)["iteration"] for x in (out / "training_metrics.jsonl").read_text().splitlines()]
     assert iterations == sorted(set(iterations)) and len(iterations) >= lines  # no iteration logged twice
