@@ -153,9 +153,8 @@ def card_meta(run: RunDir, cfg, iteration: int | None, source: str, which: str, 
     total = cfg.optim.epochs * cfg.train.OFFICIAL_EPOCH_LENGTH
     selected = None
     if best is not None and iteration is not None and int(best["iteration"]) == iteration:
-        b = best
-        selected = (f"the best checkpoint on the downstream monitor ({b.get('metric')} {b.get('score', 0):.3f}, "
-                    f"random init {b.get('random', float('nan')):.3f}, on {b.get('split')})")
+        selected = (f"the best checkpoint on the downstream monitor ({best.get('metric')} {best.get('score', 0):.3f}, "
+                    f"random init {best.get('random', float('nan')):.3f}, on {best.get('split')})")
     elif iteration is not None and iteration == total - 1:
         selected = "the final checkpoint" + ("" if best else " (no best checkpoint on the downstream monitor)")
     return {"iteration": iteration, "source": source, "which": which, "run": str(run.root),
