@@ -23,15 +23,15 @@ import torch
 from dinov3_us.checkpointer.export import iter_tensors
 from dinov3_us.configs import load_config
 from dinov3_us.errors import CheckpointError
-from dinov3_us.fileio import ensure_writable_dir, link_atomic
+from dinov3_us.fileio import ensure_writable_dir
 from dinov3_us.models import vit_kwargs
 from dinov3_us.models.vision_transformer import DinoVisionTransformer
 from dinov3_us.run_dir import RunDir
 from dinov3_us.weights.files import write_weights_file
-from dinov3_us.weights.formats import HEAD_PREFIXES, export_backbone, save_backbone
+from dinov3_us.weights.formats import HEAD_PREFIXES, export_backbone, link_backbone, save_backbone
 from dinov3_us.weights.load import check_state_dict
 from dinov3_us.weights.resolve import resolve_weights, select_checkpoint
-from dinov3_us.weights.sidecar import sidecar_path, teacher_iteration, write_sidecar
+from dinov3_us.weights.sidecar import teacher_iteration
 
 logger = logging.getLogger("dinov3_us")
 
@@ -58,7 +58,7 @@ def write_trained_teacher(run: RunDir, cfg, arch: dict, iteration: int, state: d
     `teacher`: `OUT/teacher.pth` + `teacher.json` for the checkpoint `OUT/ckpt/<iteration>` the trainer has just
     committed, byte for byte what `convert_checkpoint` reads back from that checkpoint (the same tensors in the
     same order, the same sidecar). `export`: the periodic export `OUT/eval/training_<iteration>/teacher_checkpoint.pth`
-    + `.json`; with `teacher` too it is a hard link of teacher.pth (`dinov3_us.fileio.link_atomic`), not a copy.
+    + `.json`; with `teacher` too it is a hard link of teacher.pth (`formats.link_backbone`), not a copy.
     """
     state = dict(sorted(state.items()))  # the order iter_tensors reads a checkpoint's tensors in: the same bytes
     if teacher:
@@ -70,8 +70,7 @@ def write_trained_teacher(run: RunDir, cfg, arch: dict, iteration: int, state: d
     if export:
         info = {"iteration": iteration, "source": str(run.root)}
         if teacher:
-            sidecar_path(run.export(iteration)).unlink(missing_ok=True)  # as save_backbone does
-            write_sidecar(link_atomic(run.teacher, run.export(iteration)), arch, **info)
+            link_backbone(run.teacher, run.export(iteration), arch, **info)
         else:
             save_backbone(state, run.export(iteration), arch, **info)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from dinov3_us.errors import CheckpointError
+from dinov3_us.fileio import link_atomic
 from dinov3_us.weights.files import read_weights_file, write_weights_file
 from dinov3_us.weights.hf import export_hf, import_hf, is_hf
 from dinov3_us.weights.sidecar import read_sidecar, sidecar_path, write_sidecar
@@ -102,6 +103,15 @@ def save_backbone(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLik
     path = write_weights_file(state_dict, path)
     write_sidecar(path, arch, **info)
     logger.info("wrote %s (%d tensors) and its architecture %s", path, len(state_dict), sidecar_path(path).name)
+    return path
+
+
+def link_backbone(existing: str | os.PathLike, path: str | os.PathLike, arch: dict, **info) -> Path:
+    """`path` as a second name of the backbone file `existing` (a hard link, `dinov3_us.fileio.link_atomic`) with a
+    sidecar of its own (`info`); the old sidecar is removed first, as in `save_backbone`."""
+    sidecar_path(path).unlink(missing_ok=True)
+    path = link_atomic(existing, path)
+    write_sidecar(path, arch, **info)
     return path
 
 
