@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 RECIPES = {  # the shipped training configs, as users run them
     "tiny": REPO / "configs/train/tiny_cpu.yaml",
+    "small": REPO / "configs/train/small_cpu.yaml",  # make demo's recipe
     "vits16": REPO / "configs/train/vits16_fetalus.yaml",
     "vitb16": REPO / "configs/train/vitb16_fetalus.yaml",
 }

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from curation_testutil import build, check_consistent, decode, digest
 
-from dinov3_us.data.curation import writer
-from dinov3_us.data.curation.phantom_render import CLASSES, COARSE_PLANES, plane_of, render, render_png
+from dinov3_us.data.curation import phantom_render, writer
+from dinov3_us.data.curation.phantom_render import CLASSES, COARSE_PLANES, nuisances, plane_of, render, render_png
 from dinov3_us.errors import DataError
 
 
@@ -34,6 +34,26 @@ def test_brain_planes_differ_only_in_inner_structures_coarse_planes_in_large_one
     assert all(0 < d < 0.25 * brain[0].mean() for d in diffs)
     coarse = [mean_image(2 * c + 1) for c in range(4)]  # abdomen, femur, heart, cervix
     assert min(np.abs(c - brain[0]).mean() for c in coarse) > max(diffs)
+
+
+def test_nuisances_are_what_render_draws(monkeypatch):
+    """`nuisances` reports the pose `render` draws the head at (a pass-through spy on the head), the patient's
+    values are shared by its three planes, and asking for a coarse plane is an error."""
+    seen = []
+    real_head = phantom_render._head
+    monkeypatch.setattr(phantom_render, "_head", lambda pose, *a: seen.append(pose) or real_head(pose, *a))
+    for index in (0, 2, 4, 6, 10):
+        render(5, index, 64)
+        n, pose = nuisances(5, index, 64), seen[-1]
+        assert (n["size"], n["aspect"], n["tilt"], n["upside_down"]) == (
+            pose["a"] / 64, pose["b"] / pose["a"], pose["tilt"], pose["upside_down"])
+    patient0 = [nuisances(5, i, 64) for i in (0, 2, 4)]  # thalami, ventricles, cerebellum of patient 0
+    assert all((n["gain"], n["size"], n["aspect"]) == (patient0[0]["gain"], patient0[0]["size"], patient0[0]["aspect"])
+               for n in patient0)
+    assert nuisances(5, 6, 64)["gain"] != patient0[0]["gain"]  # patient 1
+    assert {nuisances(5, i, 64)["upside_down"] for i in range(0, 40, 2)} == {True, False}
+    with pytest.raises(ValueError, match="abdomen"):
+        nuisances(5, 1, 64)
 
 
 def test_phantom_build_is_deterministic_balanced_and_readable(tmp_path):

@@ -85,13 +85,20 @@ def _rotated(xx, yy, cx, cy, theta, a, b):
     return (dx * np.cos(theta) + dy * np.sin(theta)) / a, (-dx * np.sin(theta) + dy * np.cos(theta)) / b
 
 
-def _head(rng, anat, plane: str, xx, yy, size: int) -> np.ndarray:
-    """An axial head of brain plane `plane` (per-patient size and shape from `anat`)."""
+def _head_pose(rng, anat, size: int) -> dict:
+    """The head's size and shape (per patient, from `anat`) and pose (per image, from `rng`), in pixels / radians."""
     a = size * anat.uniform(0.36, 0.42)  # a standard plane is zoomed on the head
     b = a * anat.uniform(0.74, 0.84)
-    theta = rng.uniform(-0.25, 0.25) + (np.pi if rng.random() < 0.5 else 0.0)  # near the standard orientation
+    tilt, upside_down = rng.uniform(-0.25, 0.25), rng.random() < 0.5  # near the standard orientation
     cx, cy = size * (0.5 + rng.uniform(-0.03, 0.03)), size * (0.55 + rng.uniform(-0.03, 0.03))
-    u, v = _rotated(xx, yy, cx, cy, theta, a, b)
+    return {"a": a, "b": b, "tilt": tilt, "upside_down": bool(upside_down), "cx": cx, "cy": cy}
+
+
+def _head(pose: dict, plane: str, xx, yy, size: int) -> np.ndarray:
+    """An axial head of brain plane `plane` at `pose` (`_head_pose`)."""
+    a, b = pose["a"], pose["b"]
+    theta = pose["tilt"] + (np.pi if pose["upside_down"] else 0.0)
+    u, v = _rotated(xx, yy, pose["cx"], pose["cy"], theta, a, b)
     rho = np.hypot(u, v)
     img = np.where(rho < 1.0, -0.06, 0.0) + 0.62 * _ring(rho, max(1.2 / a, 0.045))
     img = img + 0.22 * np.exp(-((v * b / max(0.9, size / 110)) ** 2)) * (np.abs(u) < 0.85) * (rho < 1.0)
@@ -150,16 +157,37 @@ def _cervix(rng, xx, yy, size: int) -> np.ndarray:
 _COARSE = {"abdomen": _abdomen, "femur": _femur, "heart": _heart, "cervix": _cervix}
 
 
-def render(seed: int, index: int, size: int) -> np.ndarray:
-    """The phantom image `index` of `seed` as a (size, size) uint8 array."""
+def _draws(seed: int, index: int):
+    """(plane, per-patient and per-image generators, gain, background phase): the first draws of image `index`."""
     plane, patient = plane_of(index)
     anat = np.random.default_rng([seed, int(patient[1:]), 7 if patient[0] == "p" else 11])  # per patient
     rng = np.random.default_rng([seed, index])  # per image: pose, acquisition and noise
-    xx, yy, r, fan = _frame(rng, size)
     gain = anat.uniform(0.85, 1.1)  # per patient: a patient's brain planes share it
+    return plane, anat, rng, gain, rng.uniform(0, 6)
+
+
+def nuisances(seed: int, index: int, size: int) -> dict:
+    """What varies in brain image `index` besides its plane: the patient's `gain`, head `size` (semi-major axis
+    over the image side) and `aspect`, and the image's pose (`tilt` in radians, `upside_down`), as `render`
+    draws them. For a diagnosis of what a representation encodes (bench/bench_knn_neighbours.py)."""
+    plane, anat, rng, gain, _ = _draws(seed, index)
+    if plane not in BRAIN_PLANES:
+        raise ValueError(f"phantom image {index} is a {plane} plane, not a brain plane")
+    pose = _head_pose(rng, anat, size)
+    return {"gain": gain, "size": pose["a"] / size, "aspect": pose["b"] / pose["a"], "tilt": pose["tilt"],
+            "upside_down": pose["upside_down"]}
+
+
+def render(seed: int, index: int, size: int) -> np.ndarray:
+    """The phantom image `index` of `seed` as a (size, size) uint8 array."""
+    plane, anat, rng, gain, phase = _draws(seed, index)
+    xx, yy, r, fan = _frame(rng, size)
     attenuation, grain = 0.35, 1  # the same probe for every image: speckle cells of 3 x 3 pixels
-    img = 0.3 + 0.04 * np.sin(xx / size * 7 + rng.uniform(0, 6)) * np.cos(yy / size * 5)
-    img = img + (_head(rng, anat, plane, xx, yy, size) if plane in BRAIN_PLANES else _COARSE[plane](rng, xx, yy, size))
+    img = 0.3 + 0.04 * np.sin(xx / size * 7 + phase) * np.cos(yy / size * 5)
+    if plane in BRAIN_PLANES:
+        img = img + _head(_head_pose(rng, anat, size), plane, xx, yy, size)
+    else:
+        img = img + _COARSE[plane](rng, xx, yy, size)
     img = img * (1.0 - attenuation * np.clip((r - 0.22 * size) / (0.91 * size), 0, 1)) * gain
     speckle = rng.gamma(2.5, 1 / 2.5, size=(size + 2 * grain, size + 2 * grain))
     n = 2 * grain + 1  # cells of n x n pixels, the same contrast at every grain
