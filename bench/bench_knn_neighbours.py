@@ -29,6 +29,7 @@ import torch
 from stamp import REPO, stamp
 
 from dinov3_us.data.curation.phantom_render import nuisances
+from dinov3_us.errors import DataError, DinoUSError
 from dinov3_us.eval.backbone import load_eval_backbone, random_like
 from dinov3_us.eval.data import EvalDataset, EvalTransform
 from dinov3_us.eval.features import embed_batch
@@ -44,7 +45,7 @@ def attributes(ds: EvalDataset) -> dict[str, np.ndarray]:
     for key, meta in zip(ds.keys, ds.metas):
         m = SOURCE.fullmatch(str(meta.get("file", "")))
         if m is None:
-            raise SystemExit(f"{ds.spec}: sample {key!r} is not a phantom image (its file is {meta.get('file')!r})")
+            raise DataError(f"{ds.spec}: sample {key!r} is not a phantom image (its file is {meta.get('file')!r})")
         rows.append(nuisances(*(int(g) for g in m.groups())))
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
@@ -81,11 +82,14 @@ def main() -> int:
     p.add_argument("--divide-gain", action="store_true", help="divide each image by its patient's gain first")
     p.add_argument("--output", default=str(REPO / "bench" / "results" / "knn_neighbours.json"))
     args = p.parse_args()
-    torch.manual_seed(0)
-    backbone = load_eval_backbone(args.weights, img_size=args.image_size)
-    transform = EvalTransform(image_size=args.image_size, in_chans=backbone.model.patch_embed.proj.in_channels)
-    splits = {s: EvalDataset(f"{args.data}:{s}", transform) for s in ("train", "test")}
-    attrs = {s: attributes(ds) for s, ds in splits.items()}
+    try:
+        backbone = load_eval_backbone(args.weights, img_size=args.image_size)
+        transform = EvalTransform(image_size=args.image_size, in_chans=backbone.model.patch_embed.proj.in_channels)
+        splits = {s: EvalDataset(f"{args.data}:{s}", transform) for s in ("train", "test")}
+        attrs = {s: attributes(ds) for s, ds in splits.items()}
+    except DinoUSError as err:  # a weights file or a data folder that is not what this bench reads
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     targets = {s: np.asarray(ds.targets) for s, ds in splits.items()}
     rows = {}
     for name, model in (("backbone", backbone.model), ("random_init", random_like(backbone).model)):
